@@ -1,0 +1,4 @@
+"""How the gateway parses requests into envelopes and renders envelopes into HTTP answers, per route `handler:`."""
+from .json_route import JsonRoute
+
+HANDLERS = {"json": JsonRoute()}

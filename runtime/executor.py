@@ -1,0 +1,167 @@
+"""The executor: runs a route's steps over the envelope, remote (RPC) or inline, and hands after-steps to the bus."""
+from __future__ import annotations
+
+import logging
+import time
+
+from kombu import Connection, Queue
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from nameko.rpc import ReplyListener
+from nameko.standalone.events import get_event_exchange
+
+from . import metrics
+from .errors import StepError, as_step_error
+from .graph import Graph, StepSpec
+from .graph_check import is_ingress, load_checked
+from .inline import InlineHost
+from .logs import log
+from .remote import SERIALIZER, RemoteCaller
+from .service import EVENT_SOURCE, after_event_type, build_service, service_config
+from .settings import Settings
+
+_log = logging.getLogger("scaigrid.executor")
+
+
+def after_queue(step: str) -> Queue:
+    """The durable queue of an after-step, declared exactly as nameko's reliable event_handler declares it."""
+    exchange = get_event_exchange(EVENT_SOURCE, {})
+    event_type = after_event_type(step)
+    return Queue(f"evt-{EVENT_SOURCE}-{event_type}--{step}", exchange=exchange, routing_key=event_type,
+                 durable=True, auto_delete=False)
+
+
+class RouteRunner:
+    """What a worker sees: run a route, call one 'function.method', check readiness."""
+
+    def __init__(self, graph: Graph, remote: RemoteCaller, inline: dict[str, InlineHost], after: Publisher,
+                 amqp_uri: str):
+        self.graph = graph
+        self.remote = remote
+        self.inline = inline
+        self.after_publisher = after
+        self.amqp_uri = amqp_uri
+
+    def placement(self, function: str) -> str:
+        return "inline" if function in self.inline else "remote"
+
+    def call(self, ref: str, *args, timeout: float | None = None, request_id: str | None = None):
+        """Call one step or `calls:` edge by name; inline or remote as graph.yaml places it."""
+        function, _, method = ref.partition(".")
+        timeout = timeout or self.graph.functions[function].timeout
+        host = self.inline.get(function)
+        if host is not None:
+            return host.call(method, args, timeout, {"request_id": request_id})
+        return self.remote.call(function, method, args, timeout, {"nameko.request_id": request_id})
+
+    def run(self, route_name: str, envelope: dict) -> dict:
+        """Run every step of the route in order (a step may end it early with `done`), then the after-steps."""
+        route = self.graph.routes[route_name]
+        try:
+            for i, step in enumerate(route.step_specs()):
+                envelope = self._step(route_name, i, step, envelope)
+                if envelope.get("done"):
+                    break
+        except StepError as exc:
+            envelope["error"] = {"status": exc.status, "code": exc.code, "message": exc.message}
+            exc.envelope = envelope
+            self.after(route_name, envelope)
+            raise
+        self.after(route_name, envelope)
+        return envelope
+
+    def _step(self, route_name: str, index: int, step: StepSpec, envelope: dict) -> dict:
+        placement = self.placement(step.function)
+        started = time.perf_counter()
+        try:
+            result = self.call(step.step, envelope, timeout=self.graph.timeout_of(step), request_id=envelope["id"])
+            if not isinstance(result, dict) or "id" not in result:
+                raise StepError(f"step '{step.step}' returned {type(result).__name__}, not the envelope",
+                                code="bad_step_result")
+        except Exception as exc:
+            err = as_step_error(exc)
+            envelope["timings"][f"{index}:{step.step}"] = (time.perf_counter() - started) * 1000
+            metrics.STEP_ERRORS.labels(route_name, step.step, err.code or "error").inc()
+            if err is not exc:
+                log(_log, logging.ERROR, "step failed", step=step.step, error=type(exc).__name__,
+                    detail=str(exc)[:500])
+                raise err from exc
+            raise
+        elapsed = time.perf_counter() - started
+        result["timings"][f"{index}:{step.step}"] = elapsed * 1000
+        metrics.STEP_SECONDS.labels(route_name, step.step, placement).observe(elapsed)
+        return result
+
+    def after(self, route_name: str, envelope: dict) -> None:
+        """Hand each after-step the envelope as a persistent event: it survives a consumer that is down."""
+        for step in self.graph.routes[route_name].after_specs():
+            try:
+                self.after_publisher.publish(envelope, exchange=after_queue(step.step).exchange,
+                                             routing_key=after_event_type(step.step),
+                                             extra_headers={"nameko.request_id": envelope["id"]})
+                metrics.AFTER_PUBLISHED.labels(step.step).inc()
+            except Exception as exc:  # the answer is already made; losing bookkeeping must be loud
+                log(_log, logging.ERROR, "after-step not delivered", step=step.step, error=str(exc)[:300])
+
+    def readiness(self) -> dict[str, int]:
+        """Consumers on each remote function's queue this process calls (0 means its steps would fail)."""
+        out: dict[str, int] = {}
+        with Connection(self.amqp_uri, connect_timeout=2) as conn:
+            channel = conn.channel()
+            for name in sorted(self.graph.functions):
+                if name in self.inline or not self._targets(name):
+                    continue
+                try:
+                    _, _, consumers = channel.queue_declare(f"rpc-{name}", passive=True)
+                except Exception:  # the queue does not exist yet: nobody ever consumed it
+                    channel = conn.channel()
+                    consumers = 0
+                out[name] = consumers
+        return out
+
+    def _targets(self, function: str) -> bool:
+        return any(s.function == function for r in self.graph.routes.values() for s in r.step_specs())
+
+
+class Executor(DependencyProvider):
+    """Gives a worker a RouteRunner over the graph named in the container config.
+
+    In an ingress function (the gateway) it serves every route; in any other function, its `calls:` edges.
+    Inline functions it needs are hosted here, in this process.
+    """
+
+    reply_listener = ReplyListener()
+
+    def setup(self):
+        config = self.container.config
+        self.graph, classes = load_checked(config["SCAIGRID_GRAPH"])
+        me = config.get("SCAIGRID_FUNCTION")
+        if is_ingress(self.container.service_cls):
+            needed = {s.function for r in self.graph.routes.values() for s in r.step_specs()}
+        else:
+            needed = {ref.partition(".")[0] for ref in self.graph.functions[me].calls} if me else set()
+        settings = Settings(amqp_uri=config[AMQP_URI_CONFIG_KEY])
+        self.hosts = {
+            name: InlineHost(build_service(self.graph, name, classes[name]),
+                             service_config(self.graph, name, settings))
+            for name in sorted(needed) if self.graph.functions[name].placement == "inline"
+        }
+        after_queues = [after_queue(s.step) for r in self.graph.routes.values() for s in r.after_specs()]
+        self.after_publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True,
+                                         delivery_mode=2, declare=after_queues)
+        self.remote = None
+
+    def start(self):
+        self.remote = RemoteCaller(self.container.config, self.reply_listener)
+        for host in self.hosts.values():
+            host.start()
+        self.runner = RouteRunner(self.graph, self.remote, self.hosts, self.after_publisher,
+                                  self.container.config[AMQP_URI_CONFIG_KEY])
+
+    def stop(self):
+        for host in self.hosts.values():
+            host.stop()
+
+    def get_dependency(self, worker_ctx):
+        return self.runner

@@ -1,0 +1,60 @@
+"""Structured (JSON) logs: every line names its function, step and request id."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from eventlet.corolocal import local
+
+# per-greenthread: which request and step the current worker is serving
+current = local()
+
+
+def bind(**fields) -> None:
+    current.__dict__.update(fields)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, function: str):
+        super().__init__()
+        self.function = function
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "function": getattr(current, "function", None) or self.function,
+            "msg": record.getMessage(),
+        }
+        for key in ("request_id", "step", "replica"):
+            value = getattr(current, key, None)
+            if value is not None:
+                doc[key] = value
+        extra = getattr(record, "fields", None)
+        if extra:
+            doc.update(extra)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def configure(function: str, level: str = "INFO", replica: int | None = None) -> None:
+    """JSON lines on stderr for this process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(function))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # nameko and kombu are chatty at INFO about every connection
+    for noisy in ("nameko", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    if replica is not None:
+        bind(replica=replica)
+
+
+def log(logger: logging.Logger, level: int, msg: str, **fields) -> None:
+    """Log with structured fields that land as JSON keys."""
+    logger.log(level, msg, extra={"fields": fields})

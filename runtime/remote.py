@@ -1,0 +1,54 @@
+"""Remote placement: a step as a nameko RPC message, with an expiration equal to the caller's timeout."""
+from __future__ import annotations
+
+import uuid
+
+import eventlet
+from nameko.amqp.publish import Publisher, UndeliverableMessage
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.exceptions import deserialize
+from nameko.rpc import ReplyListener, get_rpc_exchange
+
+from .errors import StepTimeout, Unavailable
+
+SERIALIZER = "msgpack"
+
+
+class RemoteCaller:
+    """Publishes RPC requests through one pooled publisher and waits on a shared reply listener."""
+
+    def __init__(self, config: dict, reply_listener: ReplyListener):
+        self.reply_listener = reply_listener
+        self.exchange = get_rpc_exchange(config)
+        # kombu pools the connection and producer behind this publisher; confirms make a missing queue visible
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True)
+
+    def call(self, function: str, method: str, args: tuple, timeout: float, headers: dict):
+        correlation_id = str(uuid.uuid4())
+        reply = self.reply_listener.get_reply_event(correlation_id)
+        try:
+            self.publisher.publish(
+                {"args": args, "kwargs": {}},
+                exchange=self.exchange,
+                routing_key=f"{function}.{method}",
+                mandatory=True,
+                reply_to=self.reply_listener.routing_key,
+                correlation_id=correlation_id,
+                extra_headers=headers,
+                # a request nobody waits for any more is dropped by the broker instead of being worked on
+                expiration=timeout,
+            )
+        except UndeliverableMessage:
+            self.reply_listener._reply_events.pop(correlation_id, None)
+            raise Unavailable(f"function '{function}' has no running replica; start it "
+                              f"(scaigrid run {function}) or check graph.yaml", code="function_unavailable")
+        try:
+            with eventlet.Timeout(timeout):
+                body = reply.wait()
+        except eventlet.Timeout:
+            self.reply_listener._reply_events.pop(correlation_id, None)
+            raise StepTimeout(f"step '{function}.{method}' took longer than {timeout:g}s") from None
+        error = body.get("error")
+        if error:
+            raise deserialize(error)
+        return body["result"]

@@ -1,0 +1,56 @@
+"""Turn a graph function into a runnable nameko service class and its container config."""
+from __future__ import annotations
+
+from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY, WEB_SERVER_CONFIG_KEY
+from nameko.events import SERVICE_POOL, event_handler
+from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+
+from .dependencies import StepLog
+from .graph import Graph
+from .remote import SERIALIZER
+from .settings import Settings
+
+EVENT_SOURCE = "scaigrid"
+
+
+def after_event_type(step: str) -> str:
+    return f"after.{step}"
+
+
+def after_methods(graph: Graph, function: str) -> list[str]:
+    """Methods of `function` that some route runs as an after-step."""
+    return sorted({s.method for r in graph.routes.values() for s in r.after_specs() if s.function == function})
+
+
+def _with_after_entrypoint(function: str, method: str, original):
+    def handler(self, *args, **kwargs):
+        return original(self, *args, **kwargs)
+
+    handler.__name__ = handler.__qualname__ = method
+    handler.__doc__ = original.__doc__
+    # keep the method's own entrypoints (e.g. @rpc) and add the durable event consumer
+    setattr(handler, ENTRYPOINT_EXTENSIONS_ATTR, set(getattr(original, ENTRYPOINT_EXTENSIONS_ATTR, ())))
+    return event_handler(EVENT_SOURCE, after_event_type(f"{function}.{method}"),
+                         handler_type=SERVICE_POOL, reliable_delivery=True)(handler)
+
+
+def build_service(graph: Graph, function: str, cls: type) -> type:
+    """A subclass named after the graph function (its queue name), with step logging and after-step consumers."""
+    attrs = {"name": function, "_scaigrid_step_log": StepLog()}
+    for method in after_methods(graph, function):
+        attrs[method] = _with_after_entrypoint(function, method, getattr(cls, method))
+    return type(cls.__name__, (cls,), attrs)
+
+
+def service_config(graph: Graph, function: str, settings: Settings) -> dict:
+    """The nameko container config of one function."""
+    spec = graph.functions[function]
+    return {
+        AMQP_URI_CONFIG_KEY: settings.amqp_uri,
+        SERIALIZER_CONFIG_KEY: SERIALIZER,
+        "max_workers": spec.pool,
+        WEB_SERVER_CONFIG_KEY: spec.config.get("address") or settings.http_address,
+        "SCAIGRID_GRAPH": str(graph.file),
+        "SCAIGRID_FUNCTION": function,
+        "SCAIGRID_FUNCTION_CONFIG": spec.config,
+    }

@@ -1,0 +1,86 @@
+"""One replica of one function: `python -m scaigrid.runtime.worker --graph F --function NAME`.
+
+Patches eventlet before anything else, runs the function's container, and drains on SIGTERM.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  (before any socket, thread or psycopg2 import)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from nameko.runners import ServiceRunner  # noqa: E402
+from nameko.web.server import WebServer  # noqa: E402
+
+from . import logs  # noqa: E402
+from .graph import GraphError  # noqa: E402
+from .graph_check import load_checked  # noqa: E402
+from .lifecycle import inflight  # noqa: E402
+from .preflight import StoreDown, check_stores  # noqa: E402
+from .service import build_service, service_config  # noqa: E402
+from .settings import EXIT_CONFIG, Settings  # noqa: E402
+
+_log = logging.getLogger("scaigrid.worker")
+
+
+def _stop_accepting(runner: ServiceRunner) -> None:
+    for container in runner.containers:
+        for ext in container.subextensions:
+            if isinstance(ext, WebServer) and ext._sock is not None:
+                ext._is_accepting = False
+                ext._gt.kill()
+                ext._sock.close()
+
+
+def _drain_then_stop(runner: ServiceRunner, grace: float) -> None:
+    _stop_accepting(runner)
+    finished = inflight.drain(grace)
+    logs.log(_log, logging.INFO, "drained" if finished else "grace period over; stopping with work in flight",
+             in_flight=inflight.count)
+    # stopping waits for RPC workers in flight; past the grace period they are killed
+    with eventlet.Timeout(grace, False):
+        runner.stop()
+        return
+    runner.kill()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="scaigrid-worker")
+    parser.add_argument("--graph", required=True)
+    parser.add_argument("--function", required=True)
+    parser.add_argument("--replica", type=int, default=0)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logs.configure(args.function, settings.log_level, args.replica)
+    try:
+        graph, classes = load_checked(args.graph)
+        if args.function not in graph.functions:
+            raise GraphError([f"{args.graph}: no function '{args.function}'; one of: {', '.join(graph.functions)}"])
+        cls = classes[args.function]
+        check_stores(("rabbitmq",) + tuple(getattr(cls, "stores", ())), settings)
+    except (GraphError, StoreDown) as exc:
+        print(f"scaigrid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    runner = ServiceRunner(service_config(graph, args.function, settings))
+    runner.add_service(build_service(graph, args.function, cls))
+
+    stopping = []
+
+    def on_term(signum, frame):
+        if not stopping:
+            stopping.append(eventlet.spawn(_drain_then_stop, runner, settings.grace_seconds))
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    runner.start()
+    logs.log(_log, logging.INFO, "replica started", pool=graph.functions[args.function].pool)
+    runner.wait()
+    if stopping:
+        stopping[0].wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""ScaiGrid: one distribution; the repo's functions/, runtime/ and adapters/ ship as scaigrid.functions etc."""
+from setuptools import setup
+
+PACKAGES = {
+    "scaigrid.runtime": "runtime",
+    "scaigrid.functions": "functions",
+    "scaigrid.adapters": "adapters",
+}
+
+setup(
+    name="scaigrid",
+    version="0.1.0",
+    description="Self-hostable multi-tenant AI platform gateway: Nameko functions wired by graph.yaml",
+    python_requires=">=3.11",
+    # `scaigrid` itself is a namespace package: nothing generic lands at the top of site-packages.
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={"scaigrid.runtime": ["*.json", "*.yaml"]},
+    install_requires=[
+        "nameko==2.14.1",
+        "eventlet>=0.36,<0.42",
+        "kombu>=5.3,<5.8",
+        "werkzeug>=3,<3.2",
+        "msgpack>=1.0",
+        "pydantic>=2.6,<3",
+        "pyyaml>=6",
+        "prometheus_client>=0.19",
+        "httpx>=0.27",
+        "psycopg2-binary>=2.9",
+        "sqlalchemy>=2.0",
+        "alembic>=1.13",
+        "redis>=5",
+    ],
+    extras_require={
+        # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
+        "cpu": ["onnxruntime>=1.18"],
+        "gpu": ["onnxruntime-gpu>=1.18"],
+        "export": [
+            "torch==2.13.0",
+            "transformers>=4.57,<4.58",
+            "huggingface_hub>=0.36,<1",
+            "optimum>=2.1",
+            "optimum-onnx>=0.1",
+            "gguf",
+            "accelerate",
+        ],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "openai>=1.40",
+            "hypothesis>=6",
+        ],
+    },
+    entry_points={"console_scripts": ["scaigrid = scaigrid.runtime.cli:main"]},
+)
