@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 
+import eventlet
 from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import MethodNotAllowed, NotFound as NoRoute
@@ -14,10 +15,11 @@ from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime import metrics
 from scaigrid.runtime.envelope import new_envelope
-from scaigrid.runtime.errors import NotFound, StepError, Unavailable
+from scaigrid.runtime.errors import NotFound, StepError, Unavailable, as_step_error
 from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.lifecycle import inflight
 from scaigrid.runtime.logs import bind, log
+from scaigrid.runtime.streams import ChunkListener
 
 from .http_api import HANDLERS
 from .http_api.responses import error_response, json_response
@@ -37,6 +39,7 @@ class Gateway:
 
     name = "gateway"
     routes = Executor()
+    chunks = ChunkListener()
     _url_map: Map | None = None
 
     @http("GET", "/healthz")
@@ -73,9 +76,13 @@ class Gateway:
                 route_name, path_values = self._match(request)
                 route = self.routes.graph.routes[route_name]
                 handler = HANDLERS[route.handler]
-                envelope = new_envelope(route_name, handler.parse(request, path_values), request_id=rid)
-                envelope = self.routes.run(route_name, envelope)
-                response = handler.render(envelope, headers)
+                parsed = handler.parse(request, path_values)
+                envelope = new_envelope(route_name, parsed, request_id=rid)
+                if handler.wants_stream(parsed):
+                    response = self._stream(request, route_name, handler, envelope, headers)
+                else:
+                    envelope = self.routes.run(route_name, envelope)
+                    response = handler.render(envelope, headers)
         except StepError as exc:
             response = error_response(exc, headers)
         status = response.status_code
@@ -84,6 +91,59 @@ class Gateway:
         log(_log, logging.INFO, "request", method=request.method, path=request.path, route=route_name,
             status=status, ms=round(elapsed * 1000, 3))
         return response
+
+    def _stream(self, request: Request, route_name: str, handler, envelope: dict, headers: dict) -> Response:
+        """Run the route in its own greenthread; relay the chunks it publishes to this process as SSE."""
+        rid = envelope["id"]
+        chunks = self.chunks.open(rid)
+        envelope["context"]["stream"] = {"reply_to": self.chunks.queue_name}
+        wait = self.routes.graph.route_timeout(route_name)
+
+        def run_route():
+            try:
+                chunks.put(("done", self.routes.run(route_name, envelope)))
+            except Exception as exc:
+                chunks.put(("error", as_step_error(exc)))
+            finally:
+                inflight.leave()  # the stream counts as in flight until its route is over
+
+        inflight.enter()
+        eventlet.spawn(run_route)
+        first = chunks.get(timeout=wait)
+        if first[0] == "error":  # failed before streaming anything: a plain error answer
+            self.chunks.close(rid)
+            raise first[1]
+        request.environ["eventlet.minimum_write_chunk_size"] = 0  # else eventlet buffers 4 KiB
+
+        def body():
+            item, received, expected, finished, done = first, 0, None, False, None
+            try:
+                while True:
+                    kind, value = item
+                    if kind == "chunk":
+                        received += 1
+                        yield handler.render_chunk(value["data"])
+                    elif kind == "done":
+                        done = value
+                        expected = value["context"]["stream"].get("sent", 0)
+                        if expected == 0 and received == 0 and value.get("response") is not None:
+                            yield handler.render_chunk(value["response"])  # answered without streaming
+                    else:
+                        yield handler.render_stream_error(value)
+                        finished = True
+                        return
+                    if expected is not None and received >= expected:
+                        yield handler.render_end(done)
+                        finished = True
+                        return
+                    item = chunks.get(timeout=wait)
+            finally:
+                self.chunks.close(rid)
+                if not finished:  # the client left (or we timed out): stop the generation
+                    self.chunks.cancel(rid)
+
+        return Response(body(), status=200, headers={**headers, "Cache-Control": "no-cache"},
+                        mimetype="text/event-stream")
 
     def _match(self, request: Request) -> tuple[str, dict]:
         if Gateway._url_map is None:

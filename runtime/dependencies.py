@@ -5,6 +5,7 @@ import logging
 import time
 
 from nameko.extensions import DependencyProvider
+from nameko.web.handlers import HttpRequestHandler
 
 from .logs import bind, current, log
 
@@ -33,6 +34,8 @@ class StepLog(DependencyProvider):
              step=f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}", started=time.perf_counter())
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
+        if isinstance(worker_ctx.entrypoint, HttpRequestHandler):
+            return  # the gateway logs its own request line
         ms = (time.perf_counter() - getattr(current, "started", time.perf_counter())) * 1000
         if exc_info is None:
             if _log.isEnabledFor(logging.INFO):

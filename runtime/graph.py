@@ -1,6 +1,7 @@
 """graph.yaml: the schema (pydantic) and the loader that keeps YAML line numbers for every error."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -146,6 +147,10 @@ class Graph:
     def timeout_of(self, step: StepSpec) -> float:
         return step.timeout or self.functions[step.function].timeout
 
+    def route_timeout(self, route: str) -> float:
+        """The longest a route can take: the sum of its steps' timeouts."""
+        return sum(self.timeout_of(s) for s in self.routes[route].step_specs())
+
 
 def _index_lines(node: yaml.Node, loc: tuple, out: dict[tuple, int], dupes: list[tuple[tuple, int]]) -> None:
     out[loc] = node.start_mark.line + 1
@@ -171,6 +176,27 @@ FIXES = {
     "string_pattern_mismatch": "follow the pattern shown",
     "too_short": "give at least one item",
 }
+
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, missing: list[str]) -> Any:
+    """${VAR} and ${VAR:-default} in function config values (secrets and addresses come from the environment)."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            missing.append(m.group(1))
+            return m.group(0)
+        return ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, missing) for v in value]
+    return value
 
 
 def load_graph(file: str | Path) -> Graph:
@@ -203,9 +229,16 @@ def load_graph(file: str | Path) -> Graph:
             fix = FIXES.get(err["type"], "correct the value")
             problems.append(f"{graph.where(*loc)}: {'.'.join(map(str, loc)) or '(top)'}: {err['msg']}; {fix}")
         raise GraphError(problems) from None
+    graph = Graph(spec, file.resolve(), lines)
+    for name, fn in spec.functions.items():
+        missing: list[str] = []
+        fn.config = _expand_env(fn.config, missing)
+        for var in missing:
+            problems.append(f"{graph.where('functions', name, 'config')}: function '{name}': config uses ${{{var}}}, "
+                            f"which is not set; export it or give a default as ${{{var}:-value}}")
     if problems:
         raise GraphError(problems)
-    return Graph(spec, file.resolve(), lines)
+    return graph
 
 
 def json_schema() -> dict:

@@ -91,6 +91,10 @@ def check_graph(graph: Graph) -> dict[str, type]:
                             f"decorate it with @rpc")
 
     for name, fn in graph.functions.items():
+        if fn.placement == "remote" and fn.replicas == 0 and name in used:
+            problems.append(f"{graph.where('functions', name, 'replicas')}: function '{name}' is remote with "
+                            f"replicas: 0, so nothing would serve its steps; give it replicas >= 1 or "
+                            f"placement: inline")
         cls = classes.get(name)
         if name not in used and cls is not None and not is_ingress(cls):
             problems.append(f"{graph.where('functions', name)}: function '{name}' is unreachable: no route step, "

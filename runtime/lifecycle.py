@@ -14,13 +14,19 @@ class InFlight:
         self.count = 0
         self.draining = False
 
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+
     @contextmanager
     def track(self):
-        self.count += 1
+        self.enter()
         try:
             yield
         finally:
-            self.count -= 1
+            self.leave()
 
     def drain(self, grace: float) -> bool:
         """Refuse new work, wait up to `grace` seconds for the work in flight; True if all of it finished."""

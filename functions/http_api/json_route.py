@@ -1,4 +1,7 @@
-"""The default route handler: a JSON body (and path and query values) in, the envelope's response out as JSON."""
+"""The default route handler: a JSON body (and path and query values) in, the envelope's response out as JSON.
+
+A body with `"stream": true` is answered as Server-Sent Events: one `data:` line per chunk, then `[DONE]`.
+"""
 from __future__ import annotations
 
 import json
@@ -6,13 +9,17 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from scaigrid.runtime.errors import BadRequest
+from scaigrid.runtime.errors import BadRequest, StepError
 
 from .responses import json_response
 
 
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
 class JsonRoute:
-    """request = {body, path, query}; the answer is `envelope.response` as JSON."""
+    """request = {body, path, query}; the answer is `envelope.response` as JSON (or an SSE stream of chunks)."""
 
     def parse(self, request: Request, path_values: dict[str, Any]) -> dict[str, Any]:
         body = None
@@ -24,5 +31,18 @@ class JsonRoute:
                 raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         return {"body": body, "path": path_values, "query": request.args.to_dict()}
 
+    def wants_stream(self, request: dict[str, Any]) -> bool:
+        body = request.get("body")
+        return isinstance(body, dict) and body.get("stream") is True
+
     def render(self, envelope: dict, headers: dict) -> Response:
         return json_response(envelope.get("response"), 200, headers)
+
+    def render_chunk(self, data: Any) -> bytes:
+        return sse(data)
+
+    def render_end(self, envelope: dict) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def render_stream_error(self, exc: StepError) -> bytes:
+        return sse(exc.to_openai())

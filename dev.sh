@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# ScaiGrid developer front door.
+#
+#   ./dev.sh setup              create .venv and install '.[cpu,dev]' (skipped when setup.py is unchanged)
+#   ./dev.sh services           start PostgreSQL, Redis and RabbitMQ if they are not answering; create db "scaigrid"
+#   ./dev.sh test [pytest args] setup + services, then pytest
+#   ./dev.sh up [args]          setup + services, then `scaigrid up`
+#
+# Environment: PYTHON (interpreter used to create .venv, default python3),
+#              SERVICE_TIMEOUT (seconds to wait for each service, default 90).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+PYTHON="${PYTHON:-python3}"
+SERVICE_TIMEOUT="${SERVICE_TIMEOUT:-90}"
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; then
+    # Never wait for a prompt in CI.
+    export PIP_NO_INPUT=1
+    exec </dev/null
+fi
+
+say() { printf 'dev.sh: %s\n' "$*" >&2; }
+die() { printf 'dev.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# need CMD HINT: fail with an install hint when CMD is missing.
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install $2"
+}
+
+usage() {
+    cat >&2 <<'EOF'
+usage: ./dev.sh <command> [args...]
+
+  setup               create .venv and pip install -e '.[cpu,dev]' (skipped when setup.py is unchanged)
+  services            start PostgreSQL, Redis, RabbitMQ when not answering; ensure database "scaigrid"
+  test [pytest args]  setup + services, then: .venv/bin/python -m pytest -q -ra [args]
+  up [args]           setup + services, then: .venv/bin/scaigrid up [args]
+EOF
+}
+
+# ---------------------------------------------------------------- setup
+
+cmd_setup() {
+    need "$PYTHON" "Python 3.11+ (or set PYTHON=/path/to/python3)"
+    if [[ -x "$PY" ]] && ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+        say "existing .venv is broken (its interpreter no longer runs); recreating"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x "$PY" ]]; then
+        say "creating .venv with $("$PYTHON" --version 2>&1)"
+        "$PYTHON" -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+
+    local sum stamp
+    sum="$(sha256sum setup.py | cut -d' ' -f1)"
+    stamp="$VENV/.installed-$sum"
+    if [[ -f "$stamp" ]]; then
+        say "setup: .venv up to date (setup.py unchanged)"
+        return 0
+    fi
+
+    say "setup: upgrading pip"
+    "$PY" -m pip install -q --upgrade pip
+    say "setup: pip install -e '.[cpu,dev]' (this can take a few minutes on a clean clone)"
+    "$PY" -m pip install -q -e '.[cpu,dev]'
+    rm -f "$VENV"/.installed-*
+    : >"$stamp"
+    say "setup: done"
+}
+
+# ---------------------------------------------------------------- services
+
+pg_up()     { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+redis_up()  { [[ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" == "PONG" ]]; }
+tcp_open()  { timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2" >/dev/null 2>&1; }
+rabbit_up() { tcp_open 127.0.0.1 5672; }
+
+# wait_for NAME CHECK_FN: poll until CHECK_FN succeeds or SERVICE_TIMEOUT passes.
+wait_for() {
+    local name="$1" check="$2" deadline=$((SECONDS + SERVICE_TIMEOUT))
+    until "$check"; do
+        if ((SECONDS >= deadline)); then
+            die "$name did not answer within ${SERVICE_TIMEOUT}s"
+        fi
+        sleep 1
+    done
+}
+
+start_postgres() {
+    need pg_isready "postgresql-client (apt-get install postgresql-client)"
+    if pg_up; then
+        say "services: postgres already up"
+        return 0
+    fi
+    need pg_ctlcluster "postgresql (apt-get install postgresql)"
+    local ver
+    # One cluster version is expected; take the newest if several are installed.
+    ver="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
+    [[ -n "$ver" ]] || die "postgres: no cluster under /etc/postgresql (apt-get install postgresql)"
+    say "services: starting postgres $ver"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main start \
+        || say "services: 'pg_ctlcluster $ver main start' failed (needs root?); waiting anyway"
+    wait_for postgres pg_up
+    say "services: postgres up"
+}
+
+start_redis() {
+    need redis-cli "redis-tools (apt-get install redis-tools)"
+    if redis_up; then
+        say "services: redis already up"
+        return 0
+    fi
+    need redis-server "redis-server (apt-get install redis-server)"
+    say "services: starting redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log \
+        || say "services: redis-server failed to start (needs root? see /var/log/redis/ci.log); waiting anyway"
+    wait_for redis redis_up
+    say "services: redis up"
+}
+
+start_rabbitmq() {
+    if rabbit_up; then
+        say "services: rabbitmq already up"
+        return 0
+    fi
+    need rabbitmq-server "rabbitmq-server (apt-get install rabbitmq-server)"
+    say "services: starting rabbitmq (this takes a while)"
+    rabbitmq-server -detached \
+        || say "services: rabbitmq-server -detached failed (needs root?); waiting anyway"
+    wait_for rabbitmq rabbit_up
+    if command -v rabbitmqctl >/dev/null 2>&1; then
+        timeout "$SERVICE_TIMEOUT" rabbitmqctl -q await_startup >/dev/null 2>&1 \
+            || die "rabbitmq: port 5672 open but 'rabbitmqctl await_startup' did not succeed"
+    fi
+    say "services: rabbitmq up"
+}
+
+ensure_database() {
+    need psql "postgresql-client (apt-get install postgresql-client)"
+    need createdb "postgresql-client (apt-get install postgresql-client)"
+    local have out
+    have="$(psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'scaigrid'" 2>/dev/null || true)"
+    if [[ "$have" == "1" ]]; then
+        return 0
+    fi
+    say "services: creating database scaigrid"
+    if ! out="$(createdb -h 127.0.0.1 -U postgres scaigrid 2>&1)"; then
+        [[ "$out" == *"already exists"* ]] || die "postgres: createdb scaigrid failed: $out"
+    fi
+}
+
+cmd_services() {
+    start_postgres
+    start_redis
+    start_rabbitmq
+    ensure_database
+}
+
+# ---------------------------------------------------------------- test / up
+
+cmd_test() {
+    cmd_setup
+    cmd_services
+    say "test: .venv/bin/python -m pytest -q -ra $*"
+    local rc=0
+    "$PY" -m pytest -q -ra "$@" || rc=$?
+    if ((rc == 5)); then
+        say "test: pytest collected no tests; treating that as a failure"
+        exit 1
+    fi
+    exit "$rc"
+}
+
+cmd_up() {
+    cmd_setup
+    cmd_services
+    exec "$VENV/bin/scaigrid" up "$@"
+}
+
+# ---------------------------------------------------------------- main
+
+if (($# == 0)); then
+    usage
+    exit 2
+fi
+sub="$1"
+shift
+case "$sub" in
+    setup)    cmd_setup ;;
+    services) cmd_services ;;
+    test)     cmd_test "$@" ;;
+    up)       cmd_up "$@" ;;
+    -h|--help|help) usage; exit 0 ;;
+    *)        say "unknown command: $sub"; usage; exit 2 ;;
+esac

@@ -1,0 +1,169 @@
+"""Token streams over RabbitMQ: a step publishes chunks straight to the gateway process that holds the client.
+
+Gateway side: `ChunkListener` owns one exclusive, auto-delete queue per process and routes chunks by request id.
+Step side: `ChunkSender` publishes chunks (mandatory, so a dead gateway stops the work) and hears cancellations
+on a fanout. Chunk order holds because one publisher channel feeds one queue.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+
+import eventlet
+from eventlet.event import Event
+from eventlet.queue import LightQueue
+from kombu import Connection, Exchange, Queue
+from nameko.amqp.publish import Publisher, UndeliverableMessage
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+
+from nameko.exceptions import deserialize_to_instance
+
+from .errors import StepError
+from .logs import log
+from .remote import SERIALIZER
+
+_log = logging.getLogger("scaigrid.streams")
+CANCEL_EXCHANGE = Exchange("scaigrid.cancel", type="fanout", durable=True)
+CANCEL_MEMORY_S = 300  # how long a cancelled request id is remembered
+
+
+@deserialize_to_instance
+class StreamClosed(StepError):
+    """The client went away (cancel) or its gateway is gone: stop generating."""
+
+    status, type, code = 499, "api_error", "stream_closed"
+
+
+def _consume_forever(amqp_uri: str, queue: Queue, on_message, ready: Event | None, stopped) -> None:
+    """Consume `queue` with a heartbeat checked every second (else the broker drops us and the queue)."""
+    while not stopped():
+        try:
+            with Connection(amqp_uri, heartbeat=15) as conn:
+                with conn.Consumer(queue, callbacks=[on_message], accept=[SERIALIZER], no_ack=True):
+                    if ready is not None and not ready.ready():
+                        ready.send(True)
+                    while not stopped():
+                        try:
+                            conn.drain_events(timeout=1)
+                        except socket.timeout:
+                            pass
+                        conn.heartbeat_check()
+        except Exception as exc:  # broker restart: reconnect, re-declare
+            if stopped():
+                return
+            log(_log, logging.WARNING, "chunk consumer lost its broker connection; reconnecting", error=str(exc))
+            eventlet.sleep(1)
+
+
+class ChunkListener(DependencyProvider):
+    """Gateway side: one chunk queue per process; `open(request_id)` gives the queue a request's chunks land in."""
+
+    def setup(self):
+        self.queue_name = f"scaigrid.chunks.{uuid.uuid4().hex}"
+        self.streams: dict[str, LightQueue] = {}
+        self._ready = Event()
+        self._stopped = False
+
+    def start(self):
+        queue = Queue(self.queue_name, exclusive=True, auto_delete=True, durable=False)
+        amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        self.container.spawn_managed_thread(
+            lambda: _consume_forever(amqp_uri, queue, self._on_chunk, self._ready, lambda: self._stopped))
+        with eventlet.Timeout(10):
+            self._ready.wait()
+        self._cancel = Publisher(amqp_uri, serializer=SERIALIZER, declare=[CANCEL_EXCHANGE])
+
+    def stop(self):
+        self._stopped = True
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def _on_chunk(self, body, message):
+        queue = self.streams.get(body.get("rid"))
+        if queue is not None:
+            queue.put(("chunk", body))
+
+    def open(self, request_id: str) -> LightQueue:
+        """Register before the route starts: chunk 0 can arrive before any RPC reply."""
+        queue = LightQueue()
+        self.streams[request_id] = queue
+        return queue
+
+    def close(self, request_id: str) -> None:
+        self.streams.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> None:
+        """Tell whichever replica generates this request to stop."""
+        self._cancel.publish({"rid": request_id}, exchange=CANCEL_EXCHANGE, routing_key="")
+
+
+class StreamWriter:
+    """What a step uses to stream: `send(data)` per chunk, `finish()` once; `cancelled` to check between chunks."""
+
+    def __init__(self, sender: "ChunkSender", envelope: dict):
+        self._sender = sender
+        self._envelope = envelope
+        self._reply_to = envelope["context"]["stream"]["reply_to"]
+        self.request_id = envelope["id"]
+        self.seq = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request_id in self._sender.cancelled
+
+    def send(self, data) -> None:
+        """Publish one chunk now; raises StreamClosed when the client or its gateway is gone."""
+        if self.cancelled:
+            raise StreamClosed(f"stream {self.request_id} was cancelled by its client")
+        try:
+            self._sender.publisher.publish({"rid": self.request_id, "seq": self.seq, "data": data},
+                                           exchange="", routing_key=self._reply_to, mandatory=True)
+        except UndeliverableMessage:
+            raise StreamClosed(f"the gateway holding stream {self.request_id} is gone") from None
+        self.seq += 1
+        eventlet.sleep(0)  # let the hub serve the other workers between chunks
+
+    def finish(self) -> dict:
+        """Record how many chunks went out, so the gateway knows when it has them all."""
+        self._envelope["context"]["stream"]["sent"] = self.seq
+        return self._envelope
+
+
+class ChunkSender(DependencyProvider):
+    """Step side: `self.stream.open(envelope)` -> a StreamWriter, or None when the request is not streamed."""
+
+    def setup(self):
+        amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        self.publisher = Publisher(amqp_uri, serializer=SERIALIZER, use_confirms=True)
+        self.cancelled: dict[str, float] = {}
+        self._stopped = False
+        self._queue = Queue(f"scaigrid.cancel.{uuid.uuid4().hex}", exchange=CANCEL_EXCHANGE, exclusive=True,
+                            auto_delete=True, durable=False)
+
+    def start(self):
+        amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        ready = Event()
+        self.container.spawn_managed_thread(
+            lambda: _consume_forever(amqp_uri, self._queue, self._on_cancel, ready, lambda: self._stopped))
+        with eventlet.Timeout(10):
+            ready.wait()
+
+    def stop(self):
+        self._stopped = True
+
+    def _on_cancel(self, body, message):
+        now = time.monotonic()
+        self.cancelled[body["rid"]] = now
+        for rid in [r for r, t in self.cancelled.items() if now - t > CANCEL_MEMORY_S]:
+            del self.cancelled[rid]
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def open(self, envelope: dict) -> StreamWriter | None:
+        stream = envelope.get("context", {}).get("stream")
+        return StreamWriter(self, envelope) if stream else None

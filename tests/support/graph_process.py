@@ -1,0 +1,98 @@
+"""Start a graph with `scaigrid up` as a subprocess, on its own RabbitMQ vhost and HTTP port, as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+SCAIGRID = [sys.executable, "-m", "scaigrid.runtime.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+class Vhost:
+    """A throw-away RabbitMQ vhost, so queues left by one test never feed another."""
+
+    def __init__(self):
+        self.name = f"sg-test-{uuid.uuid4().hex[:10]}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        self.uri = f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
+
+
+class GraphProcess:
+    """`scaigrid up --graph FILE` with its logs in a file; knows the pids of its replicas."""
+
+    def __init__(self, graph: str | Path, tmp: Path, env: dict | None = None, grace: float = 10):
+        self.vhost = Vhost()
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"graph-{self.port}.log"
+        self.env = {**os.environ, "SCAIGRID_AMQP_URI": self.vhost.uri,
+                    "SCAIGRID_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
+                    "SCAIGRID_GRACE_SECONDS": str(grace), **(env or {})}
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([*SCAIGRID, "up", "--graph", str(graph)], env=self.env, cwd=REPO,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"scaigrid up exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"graph not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def log_lines(self) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def replica_pids(self, function: str) -> list[int]:
+        """Pids of the live replicas of `function` (latest start per replica index)."""
+        latest: dict[str, int] = {}
+        for doc in self.log_lines():
+            if doc.get("msg") == "replica started" and doc.get("replica", "").startswith(f"{function}["):
+                latest[doc["replica"]] = doc["pid"]
+        return list(latest.values())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.vhost.delete()
+        return self.proc.returncode
