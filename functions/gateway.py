@@ -34,6 +34,15 @@ def request_id_of(request: Request) -> str:
     return given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
 
 
+def server_timing(timings: dict[str, float]) -> str:
+    """Per-step durations as a Server-Timing header (browsers' devtools and bench/hops.py read it)."""
+    parts = []
+    for key, ms in timings.items():
+        index, _, step = key.partition(":")
+        parts.append(f's{index}_{step.replace(".", "_")};dur={ms:.3f};desc="{step}"')
+    return ", ".join(parts)
+
+
 class Gateway:
     """HTTP ingress for every route in graph.yaml that names an `http:` endpoint."""
 
@@ -82,6 +91,7 @@ class Gateway:
                     response = self._stream(request, route_name, handler, envelope, headers)
                 else:
                     envelope = self.routes.run(route_name, envelope)
+                    headers["Server-Timing"] = server_timing(envelope["timings"])
                     response = handler.render(envelope, headers)
         except StepError as exc:
             response = error_response(exc, headers)

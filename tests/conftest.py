@@ -1,33 +1,55 @@
-import os
-import sys
+"""Graphs under test run as `scaigrid up` subprocesses (own vhost, own port); this process stays unpatched."""
+import json
+import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support.graph_process import GraphProcess  # noqa: E402
+from scaigrid.runtime.testing import GraphProcess
 
 GRAPHS = Path(__file__).parent / "graphs"
 
 
-@pytest.fixture
-def audit_file(tmp_path):
-    return tmp_path / "audit.jsonl"
+def launch(graph, tmp: Path, env: dict | None = None, grace: float = 10) -> GraphProcess:
+    audit = tmp / "audit.jsonl"
+    process = GraphProcess(graph if Path(graph).is_absolute() else GRAPHS / graph, tmp,
+                           env={"SCAIGRID_TEST_AUDIT_FILE": str(audit), **(env or {})}, grace=grace)
+    process.audit_file = audit
+    try:
+        process.wait_ready()
+    except Exception:
+        process.stop()
+        raise
+    return process
+
+
+def audit_records(process: GraphProcess, expect: int = 0, timeout: float = 10) -> list[dict]:
+    """The after-step's records; waits until at least `expect` arrived (they travel as events)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = process.audit_file.read_text().splitlines() if process.audit_file.exists() else []
+        if len(lines) >= expect or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def mixed_graph(tmp_path_factory):
+    """tests/graphs/mixed.yaml running for a whole test module."""
+    process = launch("mixed.yaml", tmp_path_factory.mktemp("mixed"))
+    yield process
+    process.stop()
 
 
 @pytest.fixture
-def start_graph(tmp_path, audit_file):
-    """Start a graph file as `scaigrid up` would; stopped (SIGTERM) at the end of the test."""
+def start_graph(tmp_path):
+    """Start a graph for one test; SIGTERM at its end."""
     started = []
 
-    def start(name: str = "mixed.yaml", env: dict | None = None, grace: float = 10) -> GraphProcess:
-        graph = GraphProcess(GRAPHS / name if not os.path.isabs(name) else name, tmp_path,
-                             env={"SCAIGRID_TEST_AUDIT_FILE": str(audit_file), **(env or {})}, grace=grace)
-        started.append(graph)
-        graph.wait_ready()
-        return graph
+    def start(graph="mixed.yaml", env: dict | None = None, grace: float = 10) -> GraphProcess:
+        started.append(launch(graph, tmp_path, env, grace))
+        return started[-1]
 
     yield start
-    for graph in started:
-        graph.stop()
+    for process in started:
+        process.stop()

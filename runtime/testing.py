@@ -1,4 +1,7 @@
-"""Start a graph with `scaigrid up` as a subprocess, on its own RabbitMQ vhost and HTTP port, as a user would."""
+"""Test and bench helpers: run a graph with `scaigrid up` as a subprocess, on its own vhost and port.
+
+For the product's tests, bench/ and a user's tests of their own functions alike.
+"""
 from __future__ import annotations
 
 import json
@@ -13,7 +16,6 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
 SCAIGRID = [sys.executable, "-m", "scaigrid.runtime.cli"]
 
 
@@ -52,7 +54,7 @@ class GraphProcess:
                     "SCAIGRID_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
                     "SCAIGRID_GRACE_SECONDS": str(grace), **(env or {})}
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*SCAIGRID, "up", "--graph", str(graph)], env=self.env, cwd=REPO,
+        self.proc = subprocess.Popen([*SCAIGRID, "up", "--graph", str(graph)], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -81,7 +83,8 @@ class GraphProcess:
         """Pids of the live replicas of `function` (latest start per replica index)."""
         latest: dict[str, int] = {}
         for doc in self.log_lines():
-            if doc.get("msg") == "replica started" and doc.get("replica", "").startswith(f"{function}["):
+            if doc.get("logger") == "scaigrid.supervisor" and doc.get("msg") == "replica started" \
+                    and doc["replica"].startswith(f"{function}["):
                 latest[doc["replica"]] = doc["pid"]
         return list(latest.values())
 
