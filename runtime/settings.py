@@ -26,7 +26,7 @@ def env(name: str) -> str:
 
 def redact_url(url: str) -> str:
     """URL with its password hidden: URLs appear in error lines and logs, secrets never do."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,23 @@ def _drain_then_stop(runner: ServiceRunner, grace: float) -> None:
     runner.kill()
 
 
+def _assert_green_psycopg() -> None:
+    """psycopg2 must wait through eventlet, or 20 concurrent queries run one by one (see DESIGN.md)."""
+    try:
+        import psycopg2.extensions
+    except ImportError:
+        return
+    if psycopg2.extensions.get_wait_callback() is None:
+        raise RuntimeError("psycopg2 is not green: eventlet.monkey_patch() must run before psycopg2 is imported")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scaigrid-worker")
     parser.add_argument("--graph", required=True)
     parser.add_argument("--function", required=True)
     parser.add_argument("--replica", type=int, default=0)
     args = parser.parse_args(argv)
+    _assert_green_psycopg()
     settings = Settings()
     logs.configure(args.function, settings.log_level, args.replica)
     try:

@@ -120,3 +120,13 @@ def test_bad_graph_stops_up_with_its_line(tmp_path):
     result = subprocess.run([*SCAIGRID, "up", "--graph", str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{bad}:5: functions.gateway.replicas" in result.stderr
+
+
+def test_store_a_function_needs_is_checked_first():
+    env = {**os.environ, "SCAIGRID_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    result = subprocess.run([*SCAIGRID, "up", "--graph", "tests/graphs/needs_redis.yaml"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "scaigrid: cannot reach redis at redis://:***@127.0.0.1:1/0 (Error 111 connecting to 127.0.0.1:1. "
+        "Connection refused.); start it or point SCAIGRID_REDIS_URL at it"]

@@ -98,3 +98,10 @@ class Audit:
         with open(self.config["file"], "a") as out:
             error = (envelope.get("error") or {}).get("code")
             out.write(json.dumps({"id": envelope["id"], "error": error, "usage": envelope.get("usage")}) + "\n")
+
+
+class Ledger(Audit):
+    """Like Audit, but declares that it needs Redis: the launcher checks that store before starting it."""
+
+    name = "ledger"
+    stores = ("redis",)
