@@ -141,7 +141,8 @@ class Executor(DependencyProvider):
             needed = {s.function for r in self.graph.routes.values() for s in r.step_specs()}
         else:
             needed = {ref.partition(".")[0] for ref in self.graph.functions[me].calls} if me else set()
-        settings = Settings(amqp_uri=config[AMQP_URI_CONFIG_KEY])
+        settings = Settings(amqp_uri=config[AMQP_URI_CONFIG_KEY], database_url=config["DATABASE_URL"],
+                            redis_url=config["REDIS_URL"], models_dir=config["MODELS_DIR"])
         self.hosts = {
             name: InlineHost(build_service(self.graph, name, classes[name]),
                              service_config(self.graph, name, settings))
