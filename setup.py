@@ -30,6 +30,8 @@ setup(
         "sqlalchemy>=2.0",
         "alembic>=1.13",
         "redis>=5",
+        "cachetools>=5",
+        "swagger-ui-bundle-v2>=5.17",  # Swagger UI 5 (OpenAPI 3.1) as package data: the docs page needs no CDN
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
@@ -51,5 +53,13 @@ setup(
             "hypothesis>=6",
         ],
     },
-    entry_points={"console_scripts": ["scaigrid = scaigrid.runtime.cli:main"]},
+    entry_points={
+        "console_scripts": ["scaigrid = scaigrid.runtime.cli:main"],
+        # command groups and start-up hooks live beside what they manage; the runtime only discovers them
+        "scaigrid.commands": [
+            "db = scaigrid.adapters.sql.commands:register",
+            "admin = scaigrid.functions.admin_commands:register",
+        ],
+        "scaigrid.before_up": ["migrations = scaigrid.adapters.sql.commands:before_up"],
+    },
 )

@@ -22,6 +22,8 @@ from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
 
 from .http_api import HANDLERS
+from .http_api.docs_page import docs_asset, docs_page
+from .http_api.openapi import document as openapi_document
 from .http_api.responses import error_response, json_response
 
 _log = logging.getLogger("scaigrid.gateway")
@@ -32,6 +34,12 @@ def request_id_of(request: Request) -> str:
     """The caller's x-request-id when it is sane, else a fresh one."""
     given = request.headers.get("x-request-id", "")
     return given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+
+
+def credentials(request: Request) -> dict:
+    """The bearer key, kept apart from the request so that only auth.authenticate ever sees it."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return {"api_key": token.strip()} if scheme.lower() == "bearer" and token.strip() else {}
 
 
 def server_timing(timings: dict[str, float]) -> str:
@@ -50,6 +58,7 @@ class Gateway:
     routes = Executor()
     chunks = ChunkListener()
     _url_map: Map | None = None
+    _openapi: dict | None = None
 
     @http("GET", "/healthz")
     def healthz(self, request: Request) -> Response:
@@ -64,6 +73,22 @@ class Gateway:
         consumers = self.routes.readiness()
         ready = not inflight.draining and all(consumers.values())
         return json_response({"ready": ready, "consumers": consumers}, 200 if ready else 503)
+
+    @http("GET", "/api/v1/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        """The native API's OpenAPI 3.1 document, generated from graph.yaml and the operations' models."""
+        if Gateway._openapi is None:
+            Gateway._openapi = openapi_document(self.routes.graph)
+        return json_response(Gateway._openapi)
+
+    @http("GET", "/api/v1/docs")
+    def docs(self, request: Request) -> Response:
+        """A browsable page for the OpenAPI document; its assets are served from a package, no CDN."""
+        return Response(docs_page(), mimetype="text/html")
+
+    @http("GET", "/api/v1/docs/assets/<name>")
+    def docs_asset(self, request: Request, name: str) -> Response:
+        return docs_asset(name)
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
@@ -85,8 +110,8 @@ class Gateway:
                 route_name, path_values = self._match(request)
                 route = self.routes.graph.routes[route_name]
                 handler = HANDLERS[route.handler]
-                parsed = handler.parse(request, path_values)
-                envelope = new_envelope(route_name, parsed, request_id=rid)
+                parsed = handler.parse(request, route_name, path_values)
+                envelope = new_envelope(route_name, parsed, request_id=rid, secrets=credentials(request))
                 if handler.wants_stream(parsed):
                     response = self._stream(request, route_name, handler, envelope, headers)
                 else:

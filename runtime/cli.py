@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .graph import GraphError, json_schema, load_graph
@@ -65,6 +66,8 @@ def _launch(graph_file: str, pick) -> int:
         check_stores(sorted(stores), settings)
     except (GraphError, StoreDown, KeyError) as exc:
         return _fail(exc)
+    for hook in entry_points(group="scaigrid.before_up"):  # e.g. database migrations
+        hook.load()(settings, stores)
     return supervise(graph, classes, functions, settings.grace_seconds)
 
 
@@ -105,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=None)
     p.add_argument("--graph", default=None)
     p.set_defaults(func=cmd_run)
+    for command in entry_points(group="scaigrid.commands"):  # db, admin, models, deploy: each in its own module
+        command.load()(sub)
     return parser
 
 

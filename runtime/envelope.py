@@ -24,6 +24,8 @@ class Envelope(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="ms per step, keyed 'i:function.method'")
     error: dict[str, Any] | None = None
     done: bool = Field(False, description="a step set this to answer early: later steps are skipped")
+    secrets: dict[str, Any] = Field(default_factory=dict,
+                                    description="credentials for the step that consumes them; never sent to after-steps")
 
 
 def new_envelope(route: str, request: dict[str, Any], request_id: str | None = None, **fields: Any) -> dict:

@@ -95,7 +95,10 @@ class RouteRunner:
 
     def after(self, route_name: str, envelope: dict) -> None:
         """Hand each after-step the envelope as a persistent event: it survives a consumer that is down."""
-        for step in self.graph.routes[route_name].after_specs():
+        after = self.graph.routes[route_name].after_specs()
+        if after:
+            envelope = {k: v for k, v in envelope.items() if k != "secrets"}
+        for step in after:
             try:
                 self.after_publisher.publish(envelope, exchange=after_queue(step.step).exchange,
                                              routing_key=after_event_type(step.step),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -27,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "function": getattr(current, "function", None) or self.function,
+            "pid": os.getpid(),
             "msg": record.getMessage(),
         }
         for key in ("request_id", "step", "replica"):
@@ -41,6 +43,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class ExpectedStepErrors(logging.Filter):
+    """nameko logs every exception a worker raises with its traceback; a typed step error (a 401, a 404) is an
+    answer, not a fault, and StepLog already logs it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .errors import StepError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], StepError))
+
+
 def configure(function: str, level: str = "INFO", replica: int | None = None) -> None:
     """JSON lines on stderr for this process."""
     handler = logging.StreamHandler(sys.stderr)
@@ -51,6 +63,7 @@ def configure(function: str, level: str = "INFO", replica: int | None = None) ->
     # nameko and kombu are chatty at INFO about every connection
     for noisy in ("nameko", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("nameko.containers").addFilter(ExpectedStepErrors())
     if replica is not None:
         bind(replica=replica)
 

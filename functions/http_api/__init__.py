@@ -1,4 +1,5 @@
 """How the gateway parses requests into envelopes and renders envelopes into HTTP answers, per route `handler:`."""
 from .json_route import JsonRoute
+from .native import NativeRoute
 
-HANDLERS = {"json": JsonRoute()}
+HANDLERS = {"json": JsonRoute(), "native": NativeRoute()}

@@ -21,7 +21,7 @@ def sse(data: Any) -> bytes:
 class JsonRoute:
     """request = {body, path, query}; the answer is `envelope.response` as JSON (or an SSE stream of chunks)."""
 
-    def parse(self, request: Request, path_values: dict[str, Any]) -> dict[str, Any]:
+    def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
         body = None
         raw = request.get_data(cache=True)
         if raw:
@@ -29,7 +29,10 @@ class JsonRoute:
                 body = json.loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-        return {"body": body, "path": path_values, "query": request.args.to_dict()}
+        parsed = {"body": body, "path": path_values, "query": request.args.to_dict()}
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            parsed["model"] = body["model"]  # auth checks it against the key's allow-list
+        return parsed
 
     def wants_stream(self, request: dict[str, Any]) -> bool:
         body = request.get("body")

@@ -1,0 +1,1 @@
+"""Caches: in-process first level, Redis second level, invalidated over Redis pub/sub."""

@@ -1,0 +1,132 @@
+"""Bodies and answers of the native API (/api/v1). The OpenAPI 3.1 document is generated from these models."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+Role = Literal["platform-admin", "tenant-admin", "member"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(Body):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$",
+                      description="unique; letters, digits, space, '.', '_', '-'")
+
+
+class KeyCreate(Body):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+    role: Role = "member"
+    models: list[str] | None = Field(None, max_length=100, description="allow-list of model ids; omit for all")
+    expires_at: AwareDatetime | None = Field(None, description="RFC 3339 with a timezone; omit for no expiry")
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(20, ge=1, le=100)
+    after: str | None = Field(None, max_length=64, description="`next_after` of the previous page")
+
+
+class AuditQuery(Page):
+    tenant_id: str | None = Field(None, max_length=64, description="platform admins: one tenant's events")
+
+
+class Tenant(BaseModel):
+    id: str
+    object: Literal["tenant"]
+    name: str
+    status: Literal["active", "disabled"]
+    is_platform: bool
+    created_at: datetime
+
+
+class ApiKey(BaseModel):
+    id: str
+    object: Literal["api_key"]
+    tenant_id: str
+    name: str
+    role: Role
+    models: list[str] | None
+    prefix: str = Field(description="the key's public part; the secret is never shown again")
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="the API key: shown once, store it now")
+
+
+class AuditEvent(BaseModel):
+    id: int
+    object: Literal["audit_event"]
+    at: datetime
+    action: str
+    target_type: str
+    target_id: str
+    tenant_id: str | None
+    actor_key_id: str | None
+    actor_tenant_id: str | None
+    details: dict[str, Any]
+    request_id: str | None
+
+
+class Principal(BaseModel):
+    object: Literal["principal"]
+    key: ApiKey
+    role: Role
+    tenant: Tenant
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    kind: str | None = None
+    backend: str | None = None
+    context_length: int | None = None
+
+
+class ListOf(BaseModel):
+    object: Literal["list"]
+    has_more: bool = False
+    next_after: str | None = None
+
+
+class TenantList(ListOf):
+    data: list[Tenant]
+
+
+class ApiKeyList(ListOf):
+    data: list[ApiKey]
+
+
+class AuditList(ListOf):
+    data: list[AuditEvent]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class GraphInfo(BaseModel):
+    version: str
+    functions: dict[str, dict[str, Any]]
+    routes: dict[str, dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class Error(BaseModel):
+    error: ErrorDetail

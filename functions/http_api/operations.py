@@ -1,0 +1,38 @@
+"""The native API's operations, keyed by graph.yaml route name: what each takes and answers (for the handler and
+the OpenAPI document). A route with no entry here is served as plain JSON and documented as a free-form object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from . import native_schemas as s
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    tag: str
+    response: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    status: int = 200
+    public: bool = False  # served without an API key
+
+
+OPERATIONS: dict[str, Operation] = {
+    "tenants_create": Operation("Create a tenant (platform admin)", "tenants", s.Tenant, body=s.TenantCreate,
+                                status=201),
+    "tenants_list": Operation("List tenants (platform admin)", "tenants", s.TenantList, query=s.Page),
+    "tenants_get": Operation("Get a tenant", "tenants", s.Tenant),
+    "tenants_disable": Operation("Disable a tenant: its keys stop working (platform admin)", "tenants", s.Tenant),
+    "tenants_enable": Operation("Enable a tenant again (platform admin)", "tenants", s.Tenant),
+    "keys_create": Operation("Create an API key; the key is shown once (tenant admin)", "keys", s.ApiKeyCreated,
+                             body=s.KeyCreate, status=201),
+    "keys_list": Operation("List a tenant's API keys (tenant admin)", "keys", s.ApiKeyList, query=s.Page),
+    "keys_revoke": Operation("Revoke an API key (tenant admin)", "keys", s.ApiKey),
+    "me": Operation("The calling key, its role and tenant", "identity", s.Principal),
+    "audit_list": Operation("Audit log: who changed what, when", "audit", s.AuditList, query=s.AuditQuery),
+    "models": Operation("Models this key may use", "models", s.ModelList),
+    "graph": Operation("The function graph as served", "system", s.GraphInfo),
+}
