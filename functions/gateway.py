@@ -120,6 +120,9 @@ class Gateway:
                     response = handler.render(envelope, headers)
         except StepError as exc:
             response = error_response(exc, headers)
+        except Exception as exc:  # a bug must still answer in the API's format, with the id to find it by
+            log(_log, logging.ERROR, "unhandled error in the gateway", error=repr(exc)[:500], exc_info=True)
+            response = error_response(as_step_error(exc), headers)
         status = response.status_code
         elapsed = time.perf_counter() - started
         metrics.REQUEST_SECONDS.labels(route_name, str(status)).observe(elapsed)

@@ -6,6 +6,7 @@ from importlib.metadata import version
 from nameko.rpc import rpc
 
 from scaigrid.runtime.dependencies import FunctionConfig
+from scaigrid.runtime.errors import Forbidden
 from scaigrid.runtime.executor import Executor
 
 
@@ -18,7 +19,10 @@ class System:
 
     @rpc
     def describe(self, envelope: dict) -> dict:
-        """The graph as served: each function's placement and replicas, each route's endpoints and steps."""
+        """The graph as served: each function's placement and replicas, each route's endpoints and steps.
+        Platform admins only: it is the deployment's map."""
+        if (envelope.get("principal") or {}).get("role") != "platform-admin":
+            raise Forbidden("only a platform admin may see the deployment's graph", code="platform_admin_only")
         graph = self.graph.graph
         envelope["response"] = {
             "version": version("scaigrid"),

@@ -15,12 +15,15 @@ class StepError(Exception):
 
     def __init__(self, message: str, code: str | None = None, param: str | None = None,
                  details: dict[str, Any] | None = None):
-        # all four go into args so nameko's serialize/deserialize carries them across the hop
+        # all four go into args so nameko's serialize/deserialize carries them across the hop; it turns
+        # every non-string, non-container value into a string, so None comes back as "None"
+        code, param = (None if v == "None" else v for v in (code, param))
+        details = details if isinstance(details, dict) else {}
         super().__init__(message, code, param, details)
         self.message = message
         self.code = code or self.code
         self.param = param
-        self.details = details or {}
+        self.details = details
 
     def __str__(self) -> str:
         return self.message

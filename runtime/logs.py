@@ -68,6 +68,6 @@ def configure(function: str, level: str = "INFO", replica: int | None = None) ->
         bind(replica=replica)
 
 
-def log(logger: logging.Logger, level: int, msg: str, **fields) -> None:
+def log(logger: logging.Logger, level: int, msg: str, exc_info: bool = False, **fields) -> None:
     """Log with structured fields that land as JSON keys."""
-    logger.log(level, msg, extra={"fields": fields})
+    logger.log(level, msg, exc_info=exc_info, extra={"fields": fields})

@@ -16,7 +16,7 @@ PAGE = """<!doctype html>
 <link rel="stylesheet" href="/api/v1/docs/assets/swagger-ui.css"></head>
 <body><div id="ui"></div>
 <script src="/api/v1/docs/assets/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui", persistAuthorization: true});</script>
+<script>window.ui = SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui", persistAuthorization: true, validatorUrl: null});</script>
 </body></html>"""
 
 
