@@ -1,10 +1,10 @@
 """Bodies and answers of the native API (/api/v1). The OpenAPI 3.1 document is generated from these models."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["platform-admin", "tenant-admin", "member"]
 
@@ -23,6 +23,15 @@ class KeyCreate(Body):
     role: Role = "member"
     models: list[str] | None = Field(None, max_length=100, description="allow-list of model ids; omit for all")
     expires_at: AwareDatetime | None = Field(None, description="RFC 3339 with a timezone; omit for no expiry")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        # PostgreSQL refuses offsets past +-15:59 that RFC 3339 allows: store UTC
+        try:
+            return v.astimezone(timezone.utc) if v is not None else None
+        except OverflowError:
+            raise ValueError("date out of range") from None
 
 
 class Page(BaseModel):
