@@ -1,16 +1,18 @@
 """Inline placement: a function's container hosted inside the caller's process, steps run through its workers.
 
-Same class, same DependencyProviders, same worker lifecycle as a remote replica; only the hop is missing.
+Same class, same DependencyProviders, same worker lifecycle (nameko's `_run_worker`) as a remote replica; only the
+hop is missing. The worker runs in the caller's greenthread rather than a spawned one: the spawn and the two hub
+switches it costs were most of an inline step's time (bench/hops.py, docs/runtime.md).
 The container's entrypoints are not started, so it never consumes the function's queue.
 """
 from __future__ import annotations
 
 import eventlet
-from eventlet.event import Event
-from nameko.containers import ServiceContainer
+from nameko.containers import ServiceContainer, WorkerContext
 from nameko.extensions import iter_extensions
 from nameko.rpc import Rpc
 
+from . import logs
 from .errors import StepTimeout
 
 
@@ -41,24 +43,27 @@ class InlineHost:
             ext.stop()
 
     def call(self, method: str, args: tuple, timeout: float, context_data: dict | None = None):
-        """Run `method` in a worker of this container; raise what it raises, StepTimeout past `timeout`."""
-        done = Event()
+        """Run `method` as a worker of this container; raise what it raises, StepTimeout past `timeout`."""
+        outcome = []
 
         def handle_result(worker_ctx, result, exc_info):
-            done.send((result, exc_info))
+            outcome.append((result, exc_info))
             return result, exc_info
 
-        worker_ctx = self.container.spawn_worker(
-            self.entrypoints[method], args, {}, context_data=context_data, handle_result=handle_result)
+        container = self.container
+        worker_ctx = WorkerContext(container, container.service_cls(), self.entrypoints[method], args, {},
+                                   data=context_data)
+        saved = dict(logs.current.__dict__)  # the step binds its own function/step to this greenthread's logs
         try:
+            # the worker stops at its next cooperative yield once nobody waits for it any more
             with eventlet.Timeout(timeout):
-                result, exc_info = done.wait()
+                container._run_worker(worker_ctx, handle_result)
         except eventlet.Timeout:
-            # nobody waits for it any more: stop the work instead of letting it run on
-            thread = self.container._worker_threads.get(worker_ctx)
-            if thread is not None:
-                thread.kill()
             raise StepTimeout(f"step '{self.name}.{method}' took longer than {timeout:g}s (inline)") from None
+        finally:
+            logs.current.__dict__.clear()
+            logs.current.__dict__.update(saved)
+        result, exc_info = outcome[0]
         if exc_info is not None:
             raise exc_info[1]
         return result

@@ -94,6 +94,17 @@ def test_step_timeout_is_a_504_and_the_gateway_goes_on(mixed_graph):
     assert post(mixed_graph, "/slow", {"seconds": 0}).status_code == 200
 
 
+def test_inline_step_timeout_stops_the_worker(mixed_graph):
+    r = post(mixed_graph, "/slow-inline", {"seconds": 3})
+    assert r.status_code == 504 and "(inline)" in r.json()["error"]["message"]
+    assert r.elapsed.total_seconds() < 1.5
+    assert post(mixed_graph, "/slow-inline", {"seconds": 0}).status_code == 200
+    # the abandoned worker was stopped: its log line for the step never says it finished
+    rid = r.headers["x-request-id"]
+    time.sleep(3)
+    assert not [d for d in mixed_graph.log_lines() if d.get("request_id") == rid and d.get("msg") == "step done"]
+
+
 @pytest.mark.parametrize("method, path, body, status, code", [
     ("POST", "/pipeline", b"{not json", 400, "invalid_json"),
     ("POST", "/nowhere", b"{}", 404, "unknown_route"),
