@@ -10,42 +10,8 @@ from scaigrid.adapters.sql.identity import Conflict as NameTaken
 from scaigrid.adapters.sql.identity import IdentityStore
 from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
 
+from .access import MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform
 from .auth_keys import mint
-
-PLATFORM, TENANT_ADMIN, MEMBER = "platform-admin", "tenant-admin", "member"
-
-
-def _principal(envelope: dict) -> dict:
-    principal = envelope.get("principal")
-    if not principal:  # a route that forgot auth.authenticate must not run as anybody
-        raise Forbidden("this operation needs an authenticated key", code="not_authenticated")
-    return {**principal, "request_id": envelope["id"]}
-
-
-def _require_platform(principal: dict) -> None:
-    if principal["role"] != PLATFORM:
-        raise Forbidden("only a platform admin may do this", code="platform_admin_only")
-
-
-def _require_manager(principal: dict, tenant_id: str) -> None:
-    """Platform admins manage every tenant; tenant admins their own. Another tenant looks like nothing at all."""
-    if principal["role"] == PLATFORM:
-        return
-    if principal["tenant_id"] != tenant_id:
-        raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
-    if principal["role"] != TENANT_ADMIN:
-        raise Forbidden("only a tenant admin may manage this tenant's keys", code="tenant_admin_only")
-
-
-def _page_args(envelope: dict) -> tuple[int, str | None]:
-    query = envelope["request"].get("query") or {}
-    return int(query.get("limit", 20)), query.get("after")
-
-
-def _list(items: list[dict], has_more: bool) -> dict:
-    return {"object": "list", "data": items, "has_more": has_more,
-            "next_after": str(items[-1]["id"]) if has_more and items else None}
-
 
 class Admin:
     """Native API operations on identities. Each writes its audit event in the same transaction as the change."""
@@ -59,8 +25,8 @@ class Admin:
     @rpc
     def create_tenant(self, envelope: dict) -> dict:
         """POST /api/v1/tenants {name} — platform admin."""
-        principal = _principal(envelope)
-        _require_platform(principal)
+        principal = principal_of(envelope)
+        require_platform(principal)
         try:
             envelope["response"] = self.identity.create_tenant(envelope["request"]["body"]["name"], principal)
         except NameTaken as exc:
@@ -70,14 +36,14 @@ class Admin:
     @rpc
     def list_tenants(self, envelope: dict) -> dict:
         """GET /api/v1/tenants — platform admin."""
-        _require_platform(_principal(envelope))
-        envelope["response"] = _list(*self.identity.list_tenants(*_page_args(envelope)))
+        require_platform(principal_of(envelope))
+        envelope["response"] = list_page(*self.identity.list_tenants(*page_args(envelope)))
         return envelope
 
     @rpc
     def get_tenant(self, envelope: dict) -> dict:
         """GET /api/v1/tenants/{tenant_id} — platform admin, or any key of that tenant."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         tenant_id = envelope["request"]["path"]["tenant_id"]
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None or (principal["role"] != PLATFORM and principal["tenant_id"] != tenant_id):
@@ -96,8 +62,8 @@ class Admin:
         return self._set_status(envelope, "active")
 
     def _set_status(self, envelope: dict, status: str) -> dict:
-        principal = _principal(envelope)
-        _require_platform(principal)
+        principal = principal_of(envelope)
+        require_platform(principal)
         tenant_id = envelope["request"]["path"]["tenant_id"]
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None:
@@ -114,9 +80,9 @@ class Admin:
     @rpc
     def create_key(self, envelope: dict) -> dict:
         """POST /api/v1/tenants/{tenant_id}/keys {name, role, models?, expires_at?} — the key is shown once."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         tenant_id = envelope["request"]["path"]["tenant_id"]
-        _require_manager(principal, tenant_id)
+        require_manager(principal, tenant_id)
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None:
             raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
@@ -139,21 +105,21 @@ class Admin:
     @rpc
     def list_keys(self, envelope: dict) -> dict:
         """GET /api/v1/tenants/{tenant_id}/keys — tenant admin of that tenant, or platform admin."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         tenant_id = envelope["request"]["path"]["tenant_id"]
-        _require_manager(principal, tenant_id)
-        envelope["response"] = _list(*self.identity.list_keys(tenant_id, *_page_args(envelope)))
+        require_manager(principal, tenant_id)
+        envelope["response"] = list_page(*self.identity.list_keys(tenant_id, *page_args(envelope)))
         return envelope
 
     @rpc
     def revoke_key(self, envelope: dict) -> dict:
         """DELETE /api/v1/keys/{key_id} — revoked on every gateway replica within a second."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         key_id = envelope["request"]["path"]["key_id"]
         key = self.identity.get_key(key_id)
         if key is None or (principal["role"] != PLATFORM and key["tenant_id"] != principal["tenant_id"]):
             raise NotFound(f"no key '{key_id}'", code="key_not_found")
-        _require_manager(principal, key["tenant_id"])
+        require_manager(principal, key["tenant_id"])
         envelope["response"] = self.identity.revoke_key(key_id, principal)
         self.keys.invalidate_keys([key["prefix"][3:]])
         return envelope
@@ -162,7 +128,7 @@ class Admin:
     @rpc
     def me(self, envelope: dict) -> dict:
         """GET /api/v1/me — the calling key, its role and tenant."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         key = self.identity.get_key(principal["key_id"])
         envelope["response"] = {"object": "principal", "key": key, "role": principal["role"],
                                 "tenant": self.identity.get_tenant(principal["tenant_id"])}
@@ -171,10 +137,10 @@ class Admin:
     @rpc
     def audit(self, envelope: dict) -> dict:
         """GET /api/v1/audit — platform admin: all (or ?tenant_id=); tenant admin: their own tenant's events."""
-        principal = _principal(envelope)
+        principal = principal_of(envelope)
         tenant_id = (envelope["request"].get("query") or {}).get("tenant_id")
         if principal["role"] != PLATFORM:
-            _require_manager(principal, tenant_id or principal["tenant_id"])
+            require_manager(principal, tenant_id or principal["tenant_id"])
             tenant_id = principal["tenant_id"]
-        envelope["response"] = _list(*self.identity.list_audit(tenant_id, *_page_args(envelope)))
+        envelope["response"] = list_page(*self.identity.list_audit(tenant_id, *page_args(envelope)))
         return envelope

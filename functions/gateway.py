@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
 
 import eventlet
 from nameko.web.handlers import http
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import MethodNotAllowed, NotFound as NoRoute
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -92,7 +94,12 @@ class Gateway:
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        """Prometheus metrics of every replica on this host (multiprocess folder), else of this process."""
+        registry = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return Response(generate_latest(registry) if registry else generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
     @http("GET,POST,PUT,PATCH,DELETE", "/<path:path>")
     def dispatch(self, request: Request, path: str) -> Response:
@@ -116,9 +123,12 @@ class Gateway:
                     response = self._stream(request, route_name, handler, envelope, headers)
                 else:
                     envelope = self.routes.run(route_name, envelope)
+                    headers.update(envelope["context"].get("headers", {}))
                     headers["Server-Timing"] = server_timing(envelope["timings"])
                     response = handler.render(envelope, headers)
         except StepError as exc:
+            # steps may set answer headers even when the route fails (x-ratelimit-* on a 429)
+            headers.update((getattr(exc, "envelope", None) or {}).get("context", {}).get("headers", {}))
             response = error_response(exc, headers)
         except Exception as exc:  # a bug must still answer in the API's format, with the id to find it by
             log(_log, logging.ERROR, "unhandled error in the gateway", error=repr(exc)[:500], exc_info=True)
@@ -152,6 +162,7 @@ class Gateway:
             self.chunks.close(rid)
             raise first[1]
         request.environ["eventlet.minimum_write_chunk_size"] = 0  # else eventlet buffers 4 KiB
+        headers.update(envelope["context"].get("headers", {}))  # set by steps before the first chunk
 
         def body():
             item, received, expected, finished, done = first, 0, None, False, None

@@ -4,12 +4,11 @@ from __future__ import annotations
 import logging
 import time
 
-from kombu import Connection, Queue
+from kombu import Connection
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ReplyListener
-from nameko.standalone.events import get_event_exchange
 
 from . import metrics
 from .errors import StepError, as_step_error
@@ -18,18 +17,10 @@ from .graph_check import is_ingress, load_checked
 from .inline import InlineHost
 from .logs import log
 from .remote import SERIALIZER, RemoteCaller
-from .service import EVENT_SOURCE, after_event_type, build_service, service_config
+from .service import after_event_type, after_queue, build_service, service_config
 from .settings import Settings
 
 _log = logging.getLogger("scaigrid.executor")
-
-
-def after_queue(step: str) -> Queue:
-    """The durable queue of an after-step, declared exactly as nameko's reliable event_handler declares it."""
-    exchange = get_event_exchange(EVENT_SOURCE, {})
-    event_type = after_event_type(step)
-    return Queue(f"evt-{EVENT_SOURCE}-{event_type}--{step}", exchange=exchange, routing_key=event_type,
-                 durable=True, auto_delete=False)
 
 
 class RouteRunner:
@@ -58,6 +49,7 @@ class RouteRunner:
     def run(self, route_name: str, envelope: dict) -> dict:
         """Run every step of the route in order (a step may end it early with `done`), then the after-steps."""
         route = self.graph.routes[route_name]
+        started = time.perf_counter()
         try:
             for i, step in enumerate(route.step_specs()):
                 envelope = self._step(route_name, i, step, envelope)
@@ -65,9 +57,11 @@ class RouteRunner:
                     break
         except StepError as exc:
             envelope["error"] = {"status": exc.status, "code": exc.code, "message": exc.message}
+            envelope["context"]["route_ms"] = (time.perf_counter() - started) * 1000
             exc.envelope = envelope
             self.after(route_name, envelope)
             raise
+        envelope["context"]["route_ms"] = (time.perf_counter() - started) * 1000
         self.after(route_name, envelope)
         return envelope
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -115,7 +116,16 @@ class Supervisor:
         _say("stopped")
 
 
+def metrics_dir() -> None:
+    """Replicas on one host share a Prometheus multiprocess folder, so the gateway's /metrics shows them all
+    (the ledger's token and spend counters live in the accounting replicas)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scaigrid-metrics-")
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
 def supervise(graph: Graph, classes: dict[str, type], functions: dict[str, int], grace: float) -> int:
+    metrics_dir()
     sup = Supervisor(graph, classes, functions, grace)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)

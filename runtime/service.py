@@ -1,9 +1,13 @@
 """Turn a graph function into a runnable nameko service class and its container config."""
 from __future__ import annotations
 
+from kombu import Queue
 from nameko.constants import AMQP_URI_CONFIG_KEY, SERIALIZER_CONFIG_KEY, WEB_SERVER_CONFIG_KEY
 from nameko.events import SERVICE_POOL, event_handler
-from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR, register_entrypoint
+from nameko.standalone.events import get_event_exchange
+
+from .batch import BATCH_ATTR, BatchConsumer
 
 from .dependencies import StepLog
 from .graph import Graph
@@ -15,6 +19,13 @@ EVENT_SOURCE = "scaigrid"
 
 def after_event_type(step: str) -> str:
     return f"after.{step}"
+
+
+def after_queue(step: str) -> Queue:
+    """The durable queue of an after-step, declared exactly as nameko's reliable event_handler declares it."""
+    event_type = after_event_type(step)
+    return Queue(f"evt-{EVENT_SOURCE}-{event_type}--{step}", exchange=get_event_exchange(EVENT_SOURCE, {}),
+                 routing_key=event_type, durable=True, auto_delete=False)
 
 
 def after_methods(graph: Graph, function: str) -> list[str]:
@@ -30,6 +41,10 @@ def _with_after_entrypoint(function: str, method: str, original):
     handler.__doc__ = original.__doc__
     # keep the method's own entrypoints (e.g. @rpc) and add the durable event consumer
     setattr(handler, ENTRYPOINT_EXTENSIONS_ATTR, set(getattr(original, ENTRYPOINT_EXTENSIONS_ATTR, ())))
+    batched = getattr(original, BATCH_ATTR, None)
+    if batched:
+        register_entrypoint(handler, BatchConsumer(after_queue(f"{function}.{method}"), *batched))
+        return handler
     return event_handler(EVENT_SOURCE, after_event_type(f"{function}.{method}"),
                          handler_type=SERVICE_POOL, reliable_delivery=True)(handler)
 

@@ -52,7 +52,9 @@ class GraphProcess:
         self.log_path = tmp / f"graph-{self.port}.log"
         self.env = {**os.environ, "SCAIGRID_AMQP_URI": self.vhost.uri,
                     "SCAIGRID_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
-                    "SCAIGRID_GRACE_SECONDS": str(grace), **(env or {})}
+                    "SCAIGRID_GRACE_SECONDS": str(grace),
+                    # shared by every process of this graph, `scaigrid run` ones included
+                    "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"), **(env or {})}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([*SCAIGRID, "up", "--graph", str(graph)], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)

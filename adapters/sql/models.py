@@ -57,3 +57,54 @@ class AuditEvent(Base):
     target_id: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict] = mapped_column(JSONB, default=dict)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class UsageRecord(Base):
+    """The ledger: one row per request, append-only (a trigger refuses UPDATE and DELETE), idempotent on request_id."""
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (Index("ix_usage_ledger_tenant_at", "tenant_id", "at"),
+                      Index("ix_usage_ledger_key_at", "key_id", "at"))
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    route: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # integer micro-units of the price currency
+    latency_ms: Mapped[float] = mapped_column(default=0.0)
+    status: Mapped[int] = mapped_column(default=200)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class UsageDaily(Base):
+    """Rollup for reports: per day, tenant, key and model; maintained in the same transaction as the ledger."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Limit(Base):
+    """Rate limits and budgets of a tenant or a key (null = no limit). Mirrored into Redis for the hot path."""
+
+    __tablename__ = "limits"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # tenant | key
+    scope_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    daily_budget_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    monthly_budget_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,7 +1,8 @@
 """Bodies and answers of the native API (/api/v1). The OpenAPI 3.1 document is generated from these models."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from uuid import UUID
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -42,6 +43,26 @@ class Page(BaseModel):
 
 class AuditQuery(Page):
     tenant_id: str | None = Field(None, max_length=64, description="platform admins: one tenant's events")
+
+
+Group = r"(tenant|key|model|day)"
+MAX_MONEY = 10**15
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group_by: str = Field("", pattern=rf"^({Group}(,{Group})*)?$", description="comma-separated: tenant,key,model,day")
+    start: date | None = Field(None, description="first UTC day (default: the 1st of this month)")
+    end: date | None = Field(None, description="last UTC day, inclusive (default: today)")
+    tenant_id: UUID | None = Field(None, description="platform admins: one tenant")
+    key_id: UUID | None = Field(None, description="one key")
+
+
+class LimitsBody(Body):
+    rpm: int | None = Field(None, ge=0, le=MAX_MONEY, description="requests per minute (sliding window)")
+    tpm: int | None = Field(None, ge=0, le=MAX_MONEY, description="tokens per minute (sliding window)")
+    daily_budget_micros: int | None = Field(None, ge=0, le=MAX_MONEY, description="spend per UTC day, micro-units")
+    monthly_budget_micros: int | None = Field(None, ge=0, le=MAX_MONEY, description="spend per UTC month")
 
 
 class Tenant(BaseModel):
@@ -128,6 +149,38 @@ class GraphInfo(BaseModel):
     version: str
     functions: dict[str, dict[str, Any]]
     routes: dict[str, dict[str, Any]]
+
+
+class UsageRow(BaseModel):
+    tenant: str | None = None
+    key: str | None = None
+    model: str | None = None
+    day: date | None = None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
+class UsageReport(BaseModel):
+    object: Literal["usage"]
+    start: date
+    end: date
+    group_by: list[str]
+    data: list[UsageRow]
+
+
+class Limits(BaseModel):
+    object: Literal["limits"]
+    scope: Literal["tenant", "key"]
+    scope_id: str
+    rpm: int | None
+    tpm: int | None
+    daily_budget_micros: int | None
+    monthly_budget_micros: int | None
+    spent_today_micros: int
+    spent_this_month_micros: int
 
 
 class ErrorDetail(BaseModel):

@@ -34,5 +34,12 @@ OPERATIONS: dict[str, Operation] = {
     "me": Operation("The calling key, its role and tenant", "identity", s.Principal),
     "audit_list": Operation("Audit log: who changed what, when", "audit", s.AuditList, query=s.AuditQuery),
     "models": Operation("Models this key may use", "models", s.ModelList),
+    "usage": Operation("Usage and spend by tenant, key, model, day", "usage", s.UsageReport, query=s.UsageQuery),
+    "tenant_limits_get": Operation("A tenant's limits and budgets, and its spend", "limits", s.Limits),
+    "tenant_limits_set": Operation("Set a tenant's limits and budgets (platform admin)", "limits", s.Limits,
+                                   body=s.LimitsBody),
+    "key_limits_get": Operation("A key's limits and budgets, and its spend", "limits", s.Limits),
+    "key_limits_set": Operation("Set a key's limits and budgets (tenant admin)", "limits", s.Limits,
+                                body=s.LimitsBody),
     "graph": Operation("The function graph as served", "system", s.GraphInfo),
 }

@@ -105,3 +105,19 @@ class Ledger(Audit):
 
     name = "ledger"
     stores = ("redis",)
+
+
+class Meter:
+    """Pretends to be a model: reports the usage the request asks for (so accounting can be tested exactly)."""
+
+    name = "meter"
+
+    @rpc
+    def use(self, envelope):
+        body = envelope["request"].get("body") or {}
+        if body.get("sleep"):
+            eventlet.sleep(body["sleep"])
+        envelope["usage"] = {"prompt_tokens": int(body.get("prompt_tokens", 0)),
+                             "completion_tokens": int(body.get("completion_tokens", 0))}
+        envelope["response"] = {"ok": True, "usage": envelope["usage"]}
+        return envelope

@@ -1,0 +1,176 @@
+"""Rate limits and budgets in Redis: checked and reserved atomically in one round trip (a Lua script), so they hold
+across any number of gateway replicas; reconciled with the real usage once, afterwards.
+
+Per scope (the key, then its tenant): a sliding log of requests (RPM), a sliding log of tokens (TPM), and spend
+counters per UTC day and month (micro-units). A request is admitted while every counter is below its limit, and
+reserves an upper bound of what it can cost; so at most one admitted request can end past a limit.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+from nameko.extensions import DependencyProvider
+
+from scaigrid.adapters.sql.ledger import LIMIT_FIELDS
+
+WINDOW_MS = 60_000
+ADMIT = """
+local now, rid, tokens, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local out = {}
+for s = 0, 1 do
+  local k = s * 7
+  local lim = redis.call('HMGET', KEYS[k+1], 'rpm', 'tpm', 'daily_budget_micros', 'monthly_budget_micros')
+  local rpm, tpm, day, month = tonumber(lim[1]), tonumber(lim[2]), tonumber(lim[3]), tonumber(lim[4])
+  local used_r, used_t = 0, 0
+  if rpm then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k+2], '-inf', now - window)
+    used_r = redis.call('ZCARD', KEYS[k+2])
+    if used_r >= rpm then
+      local oldest = redis.call('ZRANGE', KEYS[k+2], 0, 0, 'WITHSCORES')
+      return {0, s, 'rpm', tonumber(oldest[2]) + window - now, rpm}
+    end
+  end
+  if tpm then
+    local old = redis.call('ZRANGEBYSCORE', KEYS[k+3], '-inf', now - window)
+    for _, r in ipairs(old) do
+      redis.call('DECRBY', KEYS[k+5], tonumber(redis.call('HGET', KEYS[k+4], r) or 0))
+      redis.call('HDEL', KEYS[k+4], r)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[k+3], '-inf', now - window)
+    used_t = tonumber(redis.call('GET', KEYS[k+5]) or 0)
+    if used_t >= tpm then
+      local oldest = redis.call('ZRANGE', KEYS[k+3], 0, 0, 'WITHSCORES')
+      return {0, s, 'tpm', tonumber(oldest[2] or now) + window - now, tpm}
+    end
+  end
+  if day and tonumber(redis.call('GET', KEYS[k+6]) or 0) >= day then return {0, s, 'daily_budget', -1, day} end
+  if month and tonumber(redis.call('GET', KEYS[k+7]) or 0) >= month then return {0, s, 'monthly_budget', -2, month} end
+  out[#out+1] = {rpm or -1, used_r, tpm or -1, used_t}
+end
+for s = 0, 1 do
+  local k = s * 7
+  if out[s+1][1] >= 0 then redis.call('ZADD', KEYS[k+2], now, rid); redis.call('PEXPIRE', KEYS[k+2], window) end
+  if out[s+1][3] >= 0 then
+    redis.call('ZADD', KEYS[k+3], now, rid); redis.call('HSET', KEYS[k+4], rid, tokens)
+    redis.call('INCRBY', KEYS[k+5], tokens)
+    for _, key in ipairs({KEYS[k+3], KEYS[k+4], KEYS[k+5]}) do redis.call('PEXPIRE', key, window * 2) end
+  end
+  redis.call('INCRBY', KEYS[k+6], cost); redis.call('EXPIRE', KEYS[k+6], 172800)
+  redis.call('INCRBY', KEYS[k+7], cost); redis.call('EXPIRE', KEYS[k+7], 2764800)
+end
+return {1, cjson.encode(out)}
+"""
+RECONCILE = """
+if redis.call('SET', KEYS[15], 1, 'NX', 'EX', 604800) == false then return 0 end
+local rid, tokens, cost_delta = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for s = 0, 1 do
+  local k = s * 7
+  local reserved = redis.call('HGET', KEYS[k+4], rid)
+  if reserved then
+    redis.call('HSET', KEYS[k+4], rid, tokens); redis.call('INCRBY', KEYS[k+5], tokens - tonumber(reserved))
+  end
+  if cost_delta ~= 0 then
+    redis.call('INCRBY', KEYS[k+6], cost_delta); redis.call('INCRBY', KEYS[k+7], cost_delta)
+  end
+end
+return 1
+"""
+
+
+@dataclass
+class Verdict:
+    admitted: bool
+    scope: str = ""          # key | tenant: whose limit refused
+    limit_name: str = ""     # rpm | tpm | daily_budget | monthly_budget
+    retry_after_s: int = 0
+    limit: int = 0
+    usage: list | None = None  # per scope: [rpm, used requests, tpm, used tokens] (-1: no limit)
+
+
+def _scope_keys(scope: str, scope_id: str, day: str, month: str) -> list[str]:
+    p = f"scaigrid:{scope}:{scope_id}"
+    return [f"scaigrid:limits:{scope}:{scope_id}", f"{p}:rpm", f"{p}:tpm", f"{p}:tpm:tokens", f"{p}:tpm:total",
+            f"{p}:spend:d:{day}", f"{p}:spend:m:{month}"]
+
+
+def _seconds_until_next(period: str, now: float) -> int:
+    t = time.gmtime(now)
+    if period == "day":
+        return 86400 - (t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec)
+    next_month = (t.tm_year + (t.tm_mon == 12), t.tm_mon % 12 + 1)
+    return int(time.mktime((*next_month, 1, 0, 0, 0, 0, 0, 0)) - time.timezone - now)
+
+
+class LimiterClient:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._admit = client.register_script(ADMIT)
+        self._reconcile = client.register_script(RECONCILE)
+
+    @staticmethod
+    def periods(now: float) -> tuple[str, str]:
+        return time.strftime("%Y%m%d", time.gmtime(now)), time.strftime("%Y%m", time.gmtime(now))
+
+    def keys(self, key_id: str, tenant_id: str, day: str, month: str) -> list[str]:
+        return _scope_keys("k", key_id, day, month) + _scope_keys("t", tenant_id, day, month)
+
+    def admit(self, key_id: str, tenant_id: str, request_id: str, tokens: int, cost: int) -> tuple[Verdict, dict]:
+        """Check and reserve in one round trip. Returns the verdict and what reconcile() needs later."""
+        now = time.time()
+        day, month = self.periods(now)
+        result = self._admit(keys=self.keys(key_id, tenant_id, day, month),
+                             args=[int(now * 1000), request_id, tokens, cost, WINDOW_MS])
+        reservation = {"day": day, "month": month, "tokens": tokens, "cost": cost}
+        if result[0] == 1:
+            return Verdict(True, usage=json.loads(result[1])), reservation
+        _, scope, name, retry_ms, limit = result
+        name = name.decode() if isinstance(name, bytes) else name
+        retry = {-1: _seconds_until_next("day", now), -2: _seconds_until_next("month", now)}.get(retry_ms)
+        return Verdict(False, ("key", "tenant")[scope], name, retry or max(1, -(-retry_ms // 1000)), limit), {}
+
+    def reconcile(self, key_id: str, tenant_id: str, request_id: str, reservation: dict, tokens: int,
+                  cost: int) -> bool:
+        """Replace the reservation with the real usage, once per request id (redeliveries are no-ops)."""
+        keys = self.keys(key_id, tenant_id, reservation["day"], reservation["month"])
+        keys.append(f"scaigrid:reconciled:{request_id}")
+        return bool(self._reconcile(keys=keys, args=[request_id, tokens, cost - reservation["cost"]]))
+
+    def reconcile_many(self, items: list[tuple]) -> None:
+        """reconcile() for a batch, pipelined: one round trip."""
+        if not items:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id, tenant_id, request_id, reservation, tokens, cost in items:
+            keys = self.keys(key_id, tenant_id, reservation["day"], reservation["month"])
+            keys.append(f"scaigrid:reconciled:{request_id}")
+            self._reconcile(keys=keys, args=[request_id, tokens, cost - reservation["cost"]], client=pipe)
+        pipe.execute()
+
+    def set_limits(self, scope: str, scope_id: str, limits: dict) -> None:
+        key = f"scaigrid:limits:{scope[0]}:{scope_id}"
+        values = {k: limits[k] for k in LIMIT_FIELDS if limits.get(k) is not None}
+        pipe = self.redis.pipeline()
+        pipe.delete(key)
+        if values:
+            pipe.hset(key, mapping=values)
+        pipe.execute()
+
+    def spent(self, scope: str, scope_id: str, period: str = "day") -> int:
+        day, month = self.periods(time.time())
+        suffix = f"d:{day}" if period == "day" else f"m:{month}"
+        return int(self.redis.get(f"scaigrid:{scope[0]}:{scope_id}:spend:{suffix}") or 0)
+
+
+class Limiter(DependencyProvider):
+    """Gives a worker the LimiterClient over the process's Redis connection pool."""
+
+    def setup(self):
+        client = redis.Redis.from_url(self.container.config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=3)
+        self.client = LimiterClient(client)
+
+    def get_dependency(self, worker_ctx):
+        return self.client

@@ -1,0 +1,177 @@
+"""The accounting function: limits and budgets on the hot path, an exact usage ledger off it, usage reports.
+
+`admit` runs inline in the gateway and needs only Redis, so serving goes on while the ledger consumer is down.
+`record` is a batched after-step: its messages are acknowledged only after the ledger's COMMIT.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timezone
+
+from nameko.rpc import rpc
+from nameko.timer import timer
+from prometheus_client import Counter
+
+from scaigrid.adapters.cache.limiter import Limiter, Verdict
+from scaigrid.adapters.sql.identity import IdentityStore
+from scaigrid.adapters.sql.ledger import Ledger
+from scaigrid.runtime.batch import batch
+from scaigrid.runtime.errors import NotFound, RateLimited
+from scaigrid.runtime.executor import Executor
+
+from .access import MEMBER, PLATFORM, principal_of, require_manager, require_platform
+from .pricing import cost_of, estimate, registry
+
+_log = logging.getLogger("scaigrid.accounting")
+TOKENS = Counter("scaigrid_tokens_total", "Tokens recorded in the ledger", ["tenant", "model", "kind"])
+SPEND = Counter("scaigrid_spend_micros_total", "Spend recorded in the ledger, micro-units", ["tenant", "model"])
+REQUESTS = Counter("scaigrid_usage_records_total", "Usage records written to the ledger", ["tenant", "model"])
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+
+
+def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the tighter of the key's and the tenant's limits that are set."""
+    headers: dict[str, str] = {}
+    for limit_at, used_at, kind in ((0, 1, "requests"), (2, 3, "tokens")):
+        set_ = [(u[limit_at], u[used_at]) for u in (verdict.usage or []) if u[limit_at] >= 0]
+        if set_:
+            limit, used = min(set_, key=lambda lu: lu[0] - lu[1])
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used - 1))
+            headers[f"x-ratelimit-reset-{kind}"] = "60s" if used else "0s"
+    return headers
+
+
+def _day(value: str | None, default: date) -> date:
+    return date.fromisoformat(value[:10]) if value else default
+
+
+class Accounting:
+    name = "accounting"
+    stores = ("postgres", "redis")
+    limiter = Limiter()
+    ledger = Ledger()
+    identity = IdentityStore()
+    graph = Executor()
+
+    @rpc
+    def admit(self, envelope: dict) -> dict:
+        """RPM, TPM and daily/monthly budgets of the key and its tenant: checked and reserved in one round trip."""
+        principal = envelope.get("principal")
+        if not principal:
+            return envelope
+        model = registry(self.graph.graph).get(envelope["request"].get("model"))
+        tokens, cost = estimate(envelope["request"], model)
+        verdict, reservation = self.limiter.admit(principal["key_id"], principal["tenant_id"], envelope["id"],
+                                                  tokens, cost)
+        envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict))
+        if not verdict.admitted:  # Retry-After comes from the error's details
+            what = {"rpm": "requests per minute", "tpm": "tokens per minute", "daily_budget": "daily budget",
+                    "monthly_budget": "monthly budget"}[verdict.limit_name]
+            raise RateLimited(f"the {verdict.scope}'s {what} ({verdict.limit}) is used up; retry in "
+                              f"{verdict.retry_after_s}s", code=f"{verdict.limit_name}_exceeded",
+                              details={"retry_after": verdict.retry_after_s})
+        envelope["context"]["accounting"] = reservation
+        return envelope
+
+    @batch(max_size=500, max_delay=0.05)
+    def record(self, envelopes: list[dict]) -> None:
+        """One ledger row per request; reservations reconciled with the real usage; acked after COMMIT."""
+        models = registry(self.graph.graph)
+        rows, reconcile = [], []
+        for env in envelopes:
+            usage = env.get("usage") or {}
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            model_id = env["request"].get("model")
+            cost = cost_of(models.get(model_id), prompt, completion)
+            principal = env.get("principal") or {}
+            reservation = env["context"].get("accounting")
+            if reservation:
+                reconcile.append((principal["key_id"], principal["tenant_id"], env["id"], reservation,
+                                  prompt + completion, cost))
+            error = env.get("error") or {}
+            rows.append({"request_id": env["id"], "at": datetime.now(timezone.utc),
+                         "tenant_id": principal.get("tenant_id"), "key_id": principal.get("key_id"),
+                         "route": env["route"], "model": model_id, "prompt_tokens": prompt,
+                         "completion_tokens": completion, "cost_micros": cost,
+                         "latency_ms": float(env["context"].get("route_ms") or 0.0),
+                         "status": int(error.get("status") or 200), "error_code": error.get("code")})
+        self.limiter.reconcile_many(reconcile)
+        self.ledger.insert_batch(rows)
+        for row in rows:
+            tenant, model = row["tenant_id"] or "-", row["model"] or "-"
+            REQUESTS.labels(tenant, model).inc()
+            TOKENS.labels(tenant, model, "prompt").inc(row["prompt_tokens"])
+            TOKENS.labels(tenant, model, "completion").inc(row["completion_tokens"])
+            SPEND.labels(tenant, model).inc(row["cost_micros"])
+
+    @rpc
+    def usage(self, envelope: dict) -> dict:
+        """GET /api/v1/usage: usage and spend over a date range, grouped; scoped to what the caller may see."""
+        principal = principal_of(envelope)
+        query = envelope["request"]["query"]
+        tenant_id, key_id = query.get("tenant_id"), query.get("key_id")
+        if principal["role"] != PLATFORM:
+            if principal["role"] == MEMBER:
+                key_id = principal["key_id"]  # a member sees its own key's usage
+            elif tenant_id not in (None, principal["tenant_id"]):
+                raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+            tenant_id = principal["tenant_id"]
+        today = datetime.now(timezone.utc).date()
+        start, end = _day(query.get("start"), today.replace(day=1)), _day(query.get("end"), today)
+        group_by = [g for g in (query.get("group_by") or "").split(",") if g]
+        data = self.ledger.report(group_by, start, end, tenant_id, key_id)
+        envelope["response"] = {"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
+                                "group_by": group_by, "data": data}
+        return envelope
+
+    @rpc
+    def get_limits(self, envelope: dict) -> dict:
+        """GET /api/v1/tenants/{tenant_id}/limits or /api/v1/keys/{key_id}/limits."""
+        scope, scope_id = self._scope(envelope, write=False)
+        envelope["response"] = self._limits_answer(scope, scope_id, self.ledger.get_limits(scope, scope_id))
+        return envelope
+
+    @rpc
+    def set_limits(self, envelope: dict) -> dict:
+        """PUT …/limits {rpm, tpm, daily_budget_micros, monthly_budget_micros}: null removes a limit."""
+        scope, scope_id = self._scope(envelope, write=True)
+        limits = self.ledger.set_limits(scope, scope_id, envelope["request"]["body"])
+        self.limiter.set_limits(scope, scope_id, limits)
+        envelope["response"] = self._limits_answer(scope, scope_id, limits)
+        return envelope
+
+    def _limits_answer(self, scope: str, scope_id: str, limits: dict) -> dict:
+        return {"object": "limits", "scope": scope, "scope_id": scope_id, **limits,
+                "spent_today_micros": self.limiter.spent(scope, scope_id, "day"),
+                "spent_this_month_micros": self.limiter.spent(scope, scope_id, "month")}
+
+    def _scope(self, envelope: dict, write: bool) -> tuple[str, str]:
+        principal = principal_of(envelope)
+        path = envelope["request"]["path"]
+        if "key_id" in path:
+            key = self.identity.get_key(path["key_id"])
+            if key is None or (principal["role"] != PLATFORM and key["tenant_id"] != principal["tenant_id"]):
+                raise NotFound(f"no key '{path['key_id']}'", code="key_not_found")
+            require_manager(principal, key["tenant_id"])
+            return "key", key["id"]
+        tenant_id = path["tenant_id"]
+        if write:
+            require_platform(principal)  # a tenant's own admins do not raise their own ceiling
+        else:
+            require_manager(principal, tenant_id)
+        if self.identity.get_tenant(tenant_id) is None:
+            raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+        return "tenant", tenant_id
+
+    @timer(interval=300, eager=True)
+    def sync_limits(self) -> int:
+        """Copy every limit from PostgreSQL into Redis, at start and every 5 minutes (Redis keeps nothing on disk
+        here: a restart must not lift every limit)."""
+        rows = self.ledger.all_limits()
+        for row in rows:
+            self.limiter.set_limits(row["scope"], row["scope_id"], row)
+        return len(rows)

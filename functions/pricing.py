@@ -1,0 +1,40 @@
+"""Model prices and cost arithmetic, in integer micro-units (msgpack has no Decimal; money is never a float).
+
+A model's price lives in the model registry (graph.yaml, the inference function's `config.models`):
+`price: {prompt: 150, completion: 600}` = micro-units per 1,000 tokens.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def registry(graph) -> dict[str, dict[str, Any]]:
+    """Every model any function's config declares, by id."""
+    return {m["id"]: m for fn in graph.functions.values() for m in fn.config.get("models", ()) if "id" in m}
+
+
+def cost_of(model: dict | None, prompt_tokens: int, completion_tokens: int) -> int:
+    """Micro-units, rounded up once per request (never in the customer's favour by more than one micro-unit)."""
+    price = (model or {}).get("price") or {}
+    nano = prompt_tokens * int(price.get("prompt", 0)) + completion_tokens * int(price.get("completion", 0))
+    return -(-nano // 1000)
+
+
+def estimate(request: dict, model: dict | None) -> tuple[int, int]:
+    """An upper bound of a request's tokens and cost, reserved before it runs.
+
+    A token is at least one byte of the prompt's UTF-8, so the prompt's byte length bounds its tokens; the answer is
+    bounded by max_tokens (or the model's context).
+    """
+    body = request.get("body") if isinstance(request.get("body"), dict) else {}
+    prompt = body.get("messages", body.get("prompt", body.get("input", "")))
+    prompt_tokens = len(json.dumps(prompt, ensure_ascii=False).encode()) if prompt else 0
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    completion = int(limit) if isinstance(limit, int) and limit > 0 else int(
+        (model or {}).get("context_length") or DEFAULT_MAX_TOKENS)
+    if (model or {}).get("kind") == "embedding":
+        completion = 0
+    return prompt_tokens + completion, cost_of(model, prompt_tokens, completion)
