@@ -99,7 +99,7 @@ class Accounting:
                          "completion_tokens": completion, "cost_micros": cost,
                          "latency_ms": float(env["context"].get("route_ms") or 0.0),
                          "status": int(error.get("status") or 200), "error_code": error.get("code")})
-        self.limiter.reconcile_many(reconcile)
+        self.limiter.reconcile(reconcile)
         self.ledger.insert_batch(rows)
         for row in rows:
             tenant, model = row["tenant_id"] or "-", row["model"] or "-"

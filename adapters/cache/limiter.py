@@ -65,19 +65,27 @@ end
 return {1, cjson.encode(out)}
 """
 RECONCILE = """
-if redis.call('SET', KEYS[15], 1, 'NX', 'EX', 604800) == false then return 0 end
-local rid, tokens, cost_delta = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for s = 0, 1 do
-  local k = s * 7
-  local reserved = redis.call('HGET', KEYS[k+4], rid)
-  if reserved then
-    redis.call('HSET', KEYS[k+4], rid, tokens); redis.call('INCRBY', KEYS[k+5], tokens - tonumber(reserved))
-  end
-  if cost_delta ~= 0 then
-    redis.call('INCRBY', KEYS[k+6], cost_delta); redis.call('INCRBY', KEYS[k+7], cost_delta)
+-- ARGV: 7 per request: id, key id, tenant id, day, month, real tokens, real cost - reserved cost
+local done = 0
+for i = 1, #ARGV, 7 do
+  local rid, tokens, cost_delta = ARGV[i], tonumber(ARGV[i+5]), tonumber(ARGV[i+6])
+  if redis.call('SET', 'scaigrid:reconciled:' .. rid, 1, 'NX', 'EX', 604800) then
+    done = done + 1
+    for s, id in ipairs({'k:' .. ARGV[i+1], 't:' .. ARGV[i+2]}) do
+      local p = 'scaigrid:' .. id
+      local reserved = redis.call('HGET', p .. ':tpm:tokens', rid)
+      if reserved then
+        redis.call('HSET', p .. ':tpm:tokens', rid, tokens)
+        redis.call('INCRBY', p .. ':tpm:total', tokens - tonumber(reserved))
+      end
+      if cost_delta ~= 0 then
+        redis.call('INCRBY', p .. ':spend:d:' .. ARGV[i+3], cost_delta)
+        redis.call('INCRBY', p .. ':spend:m:' .. ARGV[i+4], cost_delta)
+      end
+    end
   end
 end
-return 1
+return done
 """
 
 
@@ -132,23 +140,18 @@ class LimiterClient:
         retry = {-1: _seconds_until_next("day", now), -2: _seconds_until_next("month", now)}.get(retry_ms)
         return Verdict(False, ("key", "tenant")[scope], name, retry or max(1, -(-retry_ms // 1000)), limit), {}
 
-    def reconcile(self, key_id: str, tenant_id: str, request_id: str, reservation: dict, tokens: int,
-                  cost: int) -> bool:
-        """Replace the reservation with the real usage, once per request id (redeliveries are no-ops)."""
-        keys = self.keys(key_id, tenant_id, reservation["day"], reservation["month"])
-        keys.append(f"scaigrid:reconciled:{request_id}")
-        return bool(self._reconcile(keys=keys, args=[request_id, tokens, cost - reservation["cost"]]))
+    def reconcile(self, items: list[tuple]) -> int:
+        """Replace reservations with the real usage, once per request id (a redelivery is a no-op): one script
+        call for a whole batch of (key id, tenant id, request id, reservation, real tokens, real cost).
 
-    def reconcile_many(self, items: list[tuple]) -> None:
-        """reconcile() for a batch, pipelined: one round trip."""
+        The script builds its key names itself, so it assumes one Redis, not a Redis Cluster."""
         if not items:
-            return
-        pipe = self.redis.pipeline(transaction=False)
+            return 0
+        args: list = []
         for key_id, tenant_id, request_id, reservation, tokens, cost in items:
-            keys = self.keys(key_id, tenant_id, reservation["day"], reservation["month"])
-            keys.append(f"scaigrid:reconciled:{request_id}")
-            self._reconcile(keys=keys, args=[request_id, tokens, cost - reservation["cost"]], client=pipe)
-        pipe.execute()
+            args += [request_id, key_id, tenant_id, reservation["day"], reservation["month"], tokens,
+                     cost - reservation["cost"]]
+        return int(self._reconcile(keys=[], args=args))
 
     def set_limits(self, scope: str, scope_id: str, limits: dict) -> None:
         key = f"scaigrid:limits:{scope[0]}:{scope_id}"
