@@ -122,6 +122,27 @@ def test_reservation_is_reconciled_down_to_the_real_cost(acct):
     assert limits["spent_today_micros"] == cost(2, 3)
 
 
+def test_streamed_usage_is_billed_even_when_the_client_leaves(acct):
+    who = new_tenant(acct, "streamer")
+    body = {"model": "metered", "stream": True, "prompt_tokens": 4, "completion_tokens": 200, "max_tokens": 200,
+            "interval": 0.03}
+    got = 0
+    with httpx.stream("POST", acct.base_url + "/v1/meter", json=body, headers=who["headers"], timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                got += 1
+                if got == 5:
+                    break  # the client leaves
+    wait_for_rows(acct, who["key"]["id"], 1)
+    with psycopg2.connect(acct.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT prompt_tokens, completion_tokens, cost_micros FROM usage_ledger WHERE key_id = %s",
+                    (who["key"]["id"],))
+        prompt, completion, spent = cur.fetchone()
+    assert prompt == 4 and 5 <= completion <= 12  # what was generated, not zero and not the 200 asked for
+    assert spent == cost(prompt, completion)
+
+
 def test_consumer_down_loses_nothing(acct):
     who = new_tenant(acct, "outage")
     acct.consumer.kill()

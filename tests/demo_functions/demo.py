@@ -111,13 +111,24 @@ class Meter:
     """Pretends to be a model: reports the usage the request asks for (so accounting can be tested exactly)."""
 
     name = "meter"
+    stream = ChunkSender()
 
     @rpc
     def use(self, envelope):
         body = envelope["request"].get("body") or {}
         if body.get("sleep"):
             eventlet.sleep(body["sleep"])
-        envelope["usage"] = {"prompt_tokens": int(body.get("prompt_tokens", 0)),
-                             "completion_tokens": int(body.get("completion_tokens", 0))}
+        completion = int(body.get("completion_tokens", 0))
+        writer = self.stream.open(envelope)
+        if writer is not None:  # one chunk per "token"; a client that leaves is billed for what was made
+            try:
+                for i in range(completion):
+                    eventlet.sleep(float(body.get("interval", 0.01)))
+                    writer.send({"token": i})
+            except StreamClosed:
+                pass
+            completion = writer.seq
+            writer.finish()
+        envelope["usage"] = {"prompt_tokens": int(body.get("prompt_tokens", 0)), "completion_tokens": completion}
         envelope["response"] = {"ok": True, "usage": envelope["usage"]}
         return envelope
