@@ -118,9 +118,9 @@ def reports(db_url: str, sizes: list[int]) -> list[tuple]:
     end = date.today()
     start = end - timedelta(days=30)
     out, filled = [], 0
-    with psycopg2.connect(db_url) as conn:
-        conn.autocommit = True
-        cur = conn.cursor()
+    conn = psycopg2.connect(db_url)  # not `with conn:`: psycopg2 2.9 opens a transaction there even in autocommit
+    conn.autocommit = True
+    with conn.cursor() as cur:
         cur.execute("ALTER TABLE usage_ledger DISABLE TRIGGER usage_ledger_append_only")  # generated rows only
         for size in sizes:
             for lo in range(filled, size, 1_000_000):
@@ -134,6 +134,7 @@ def reports(db_url: str, sizes: list[int]) -> list[tuple]:
                    timed(lambda: repo.report(["day"], start, end, key_id=key)),
                    timed(lambda: cur.execute(RAW, (tenant, start, end + timedelta(days=1))) or cur.fetchall(), 3)]
             out.append(row)
+    conn.close()
     return out
 
 
