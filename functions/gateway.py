@@ -171,7 +171,8 @@ class Gateway:
                     kind, value = item
                     if kind == "chunk":
                         received += 1
-                        yield handler.render_chunk(value["data"])
+                        for data in self._chunk_steps(route_name, envelope, value["data"]):
+                            yield handler.render_chunk(data)
                     elif kind == "done":
                         done = value
                         expected = value["context"]["stream"].get("sent", 0)
@@ -182,6 +183,8 @@ class Gateway:
                         finished = True
                         return
                     if expected is not None and received >= expected:
+                        for data in self._chunk_steps(route_name, envelope, None, final=True):
+                            yield handler.render_chunk(data)
                         yield handler.render_end(done)
                         finished = True
                         return
@@ -193,6 +196,24 @@ class Gateway:
 
         return Response(body(), status=200, headers={**headers, "Cache-Control": "no-cache"},
                         mimetype="text/event-stream")
+
+    def _chunk_steps(self, route_name: str, envelope: dict, data, final: bool = False) -> list:
+        """A streamed chunk through the route's `chunks:` steps (inline); they may hold text back and release it
+        later, at the latest on the final call (no data). The envelope is the one the inline steps of the route
+        wrote their state into."""
+        steps = self.routes.graph.routes[route_name].chunk_specs()
+        if not steps:
+            return [data] if data is not None else []
+        pieces = [data] if data is not None else []
+        for step in steps:  # each step's output feeds the next; on the final call each also flushes
+            out: list = []
+            calls = [(piece, False) for piece in pieces] + ([(None, True)] if final else [])
+            for piece, last in calls:
+                chunk = {"id": envelope["id"], "tenant": envelope.get("tenant"), "context": envelope["context"],
+                         "data": piece, "final": last}
+                out += self.routes.call(step.step, chunk, request_id=envelope["id"]).get("emit", [])
+            pieces = out
+        return pieces
 
     def _match(self, request: Request) -> tuple[str, dict]:
         if Gateway._url_map is None:

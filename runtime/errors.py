@@ -63,7 +63,7 @@ class Conflict(StepError):
 
 @_typed
 class PolicyRefusal(StepError):
-    status, type, code = 422, "invalid_request_error", "policy_violation"
+    status, type, code = 400, "invalid_request_error", "content_policy_violation"
 
 
 @_typed

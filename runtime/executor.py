@@ -135,7 +135,7 @@ class Executor(DependencyProvider):
         self.graph, classes = load_checked(config["SCAIGRID_GRAPH"])
         me = config.get("SCAIGRID_FUNCTION")
         if is_ingress(self.container.service_cls):
-            needed = {s.function for r in self.graph.routes.values() for s in r.step_specs()}
+            needed = {s.function for r in self.graph.routes.values() for s in r.step_specs() + r.chunk_specs()}
         else:
             needed = {ref.partition(".")[0] for ref in self.graph.functions[me].calls} if me else set()
         settings = Settings(amqp_uri=config[AMQP_URI_CONFIG_KEY], database_url=config["DATABASE_URL"],

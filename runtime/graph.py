@@ -64,6 +64,8 @@ class RouteSpec(Strict):
     handler: str = Field("json", description="how the gateway parses the request and formats the answer")
     steps: list[StepRef] = Field(min_length=1, description="ordered 'function.method' steps")
     after: list[StepRef] = Field(default_factory=list, description="steps delivered as durable events afterwards")
+    chunks: list[StepRef] = Field(default_factory=list,
+                                  description="inline steps run on every streamed chunk, in the gateway's relay")
 
     @field_validator("http", mode="before")
     @classmethod
@@ -78,7 +80,7 @@ class RouteSpec(Strict):
                 raise ValueError(f"'{ep}' is not 'METHOD /path' (e.g. 'POST /v1/chat/completions')")
         return v
 
-    @field_validator("steps", "after")
+    @field_validator("steps", "after", "chunks")
     @classmethod
     def _normalise(cls, v: list[StepRef]) -> list[StepSpec]:
         return [StepSpec(step=s) if isinstance(s, str) else s for s in v]
@@ -88,6 +90,9 @@ class RouteSpec(Strict):
 
     def after_specs(self) -> list[StepSpec]:
         return self.after  # type: ignore[return-value]
+
+    def chunk_specs(self) -> list[StepSpec]:
+        return self.chunks  # type: ignore[return-value]
 
 
 class GraphSpec(Strict):

@@ -46,6 +46,8 @@ def _edges(graph: Graph) -> Iterator[tuple[tuple, str, bool]]:
             yield ("routes", rname, "steps", i), step.step, True
         for i, step in enumerate(route.after_specs()):
             yield ("routes", rname, "after", i), step.step, False
+        for i, step in enumerate(route.chunk_specs()):
+            yield ("routes", rname, "chunks", i), step.step, True
     for fname, fn in graph.functions.items():
         for i, ref in enumerate(fn.calls):
             yield ("functions", fname, "calls", i), ref, True
@@ -90,6 +92,12 @@ def check_graph(graph: Graph) -> dict[str, type]:
             problems.append(f"{graph.where(*loc)}: step '{ref}': method '{method}' is not an RPC entrypoint; "
                             f"decorate it with @rpc")
 
+    for rname, route in graph.routes.items():
+        for i, step in enumerate(route.chunk_specs()):
+            fn = graph.functions.get(step.function)
+            if fn is not None and fn.placement != "inline":
+                problems.append(f"{graph.where('routes', rname, 'chunks', i)}: chunk step '{step.step}' runs on "
+                                f"every streamed chunk, so its function must be placement: inline")
     for name, fn in graph.functions.items():
         if fn.placement == "remote" and fn.replicas == 0 and name in used:
             problems.append(f"{graph.where('functions', name, 'replicas')}: function '{name}' is remote with "

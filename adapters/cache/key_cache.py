@@ -7,16 +7,12 @@ at once. A process whose subscription dropped forgets everything when it reconne
 from __future__ import annotations
 
 import json
-import logging
 
-import eventlet
 import redis
 from cachetools import TTLCache
 from nameko.extensions import DependencyProvider
 
-from scaigrid.runtime.logs import log
-
-_log = logging.getLogger("scaigrid.key_cache")
+from .invalidation import listen, publish
 CHANNEL = "scaigrid:keys:invalidate"
 MISSING = {"missing": True}  # a lookup id with no key: cached briefly so junk keys cannot hammer the database
 
@@ -52,12 +48,12 @@ class KeyCacheClient:
         """Forget these keys in Redis and in every process, now."""
         if lookups:
             self.redis.delete(*[f"scaigrid:key:{lookup}" for lookup in lookups])
-            self.redis.publish(CHANNEL, json.dumps({"keys": lookups}))
+            publish(self.redis, CHANNEL, {"keys": lookups})
 
     def invalidate_tenant(self, tenant_id: str, lookups: list[str]) -> None:
         if lookups:
             self.redis.delete(*[f"scaigrid:key:{lookup}" for lookup in lookups])
-        self.redis.publish(CHANNEL, json.dumps({"tenant": tenant_id}))
+        publish(self.redis, CHANNEL, {"tenant": tenant_id})
 
     def _apply(self, message: dict) -> None:
         for lookup in message.get("keys", ()):
@@ -90,20 +86,7 @@ class KeyCache(DependencyProvider):
         self._listener.kill()
 
     def _listen(self) -> None:
-        while self._running:
-            pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(CHANNEL)
-                self.client.local.clear()  # whatever happened while we were not listening is unknown
-                while self._running:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message["type"] == "message":
-                        self.client._apply(json.loads(message["data"]))
-            except redis.RedisError as exc:
-                log(_log, logging.WARNING, "key cache lost its Redis subscription; retrying", error=str(exc))
-                eventlet.sleep(1)
-            finally:
-                pubsub.close()
+        listen(self.client.redis, CHANNEL, self.client._apply, self.client.local.clear, lambda: self._running)
 
     def get_dependency(self, worker_ctx):
         return self.client

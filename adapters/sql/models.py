@@ -108,3 +108,20 @@ class Limit(Base):
     daily_budget_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     monthly_budget_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PluginInstance(Base):
+    """A plugin configured for a tenant: its kind, its (validated) config, where it sits in the chain."""
+
+    __tablename__ = "plugins"
+    __table_args__ = (Index("ix_plugins_tenant_position", "tenant_id", "position"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(100))
+    config: Mapped[dict] = mapped_column(JSONB, default=dict)  # secrets inside are encrypted (see plugin_store)
+    position: Mapped[int] = mapped_column(default=100)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

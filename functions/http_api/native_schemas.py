@@ -183,6 +183,54 @@ class Limits(BaseModel):
     spent_this_month_micros: int
 
 
+class PluginCreate(Body):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+    kind: str = Field(min_length=1, max_length=100, description="see GET /api/v1/plugins/kinds")
+    config: dict[str, Any] = Field(default_factory=dict, description="validated against the kind's schema")
+    position: int = Field(100, ge=0, le=10000, description="lower runs first")
+    enabled: bool = True
+    tenant_id: UUID | None = Field(None, description="platform admins: whose chain")
+
+
+class PluginUpdate(Body):
+    enabled: bool
+
+
+class PluginQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant_id: UUID | None = None
+
+
+class PluginOut(BaseModel):
+    id: str
+    object: Literal["plugin"]
+    tenant_id: str
+    name: str
+    kind: str
+    config: dict[str, Any]
+    position: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    deleted: bool | None = None
+
+
+class PluginList(ListOf):
+    data: list[PluginOut]
+
+
+class PluginKind(BaseModel):
+    kind: str
+    description: str
+    phases: list[str]
+    config_schema: dict[str, Any]
+
+
+class PluginKindList(BaseModel):
+    object: Literal["list"]
+    data: list[PluginKind]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

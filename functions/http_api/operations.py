@@ -41,5 +41,11 @@ OPERATIONS: dict[str, Operation] = {
     "key_limits_get": Operation("A key's limits and budgets, and its spend", "limits", s.Limits),
     "key_limits_set": Operation("Set a key's limits and budgets (tenant admin)", "limits", s.Limits,
                                 body=s.LimitsBody),
+    "plugins_create": Operation("Add a plugin to a tenant's chain (tenant admin)", "plugins", s.PluginOut,
+                                body=s.PluginCreate, status=201),
+    "plugins_list": Operation("A tenant's plugin chain, in order", "plugins", s.PluginList, query=s.PluginQuery),
+    "plugins_update": Operation("Enable or disable a plugin", "plugins", s.PluginOut, body=s.PluginUpdate),
+    "plugins_delete": Operation("Remove a plugin", "plugins", s.PluginOut),
+    "plugins_kinds": Operation("Installed plugin kinds and their config schemas", "plugins", s.PluginKindList),
     "graph": Operation("The function graph as served", "system", s.GraphInfo),
 }

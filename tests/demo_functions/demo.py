@@ -132,3 +132,27 @@ class Meter:
         envelope["usage"] = {"prompt_tokens": int(body.get("prompt_tokens", 0)), "completion_tokens": completion}
         envelope["response"] = {"ok": True, "usage": envelope["usage"]}
         return envelope
+
+
+class Parrot:
+    """A stand-in chat model: answers "You said: <last user message>" in OpenAI's shapes, streamed word by word,
+    and shows what it received (so plugins' effects on the request are visible)."""
+
+    name = "parrot"
+    stream = ChunkSender()
+
+    @rpc
+    def chat(self, envelope):
+        body = envelope["request"].get("body") or {}
+        user = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+        reply = f"You said: {user[-1] if user else ''}"
+        writer = self.stream.open(envelope)
+        if writer is not None:
+            writer.send({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+            for i, word in enumerate(reply.split(" ")):
+                writer.send({"object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]})
+            writer.finish()
+        envelope["response"] = {"object": "chat.completion", "received": body, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
+        return envelope
