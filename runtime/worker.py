@@ -15,6 +15,7 @@ from nameko.runners import ServiceRunner  # noqa: E402
 from nameko.web.server import WebServer  # noqa: E402
 
 from . import logs  # noqa: E402
+from .deploy.health import beat_forever  # noqa: E402
 from .graph import GraphError  # noqa: E402
 from .graph_check import load_checked  # noqa: E402
 from .lifecycle import inflight  # noqa: E402
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     runner.start()
+    # liveness/readiness for probes (scaigrid health): a greenthread that runs proves the hub is not blocked
+    eventlet.spawn(beat_forever, args.function, args.replica, settings.amqp_uri, lambda: inflight.draining)
     logs.log(_log, logging.INFO, "replica started", pool=graph.functions[args.function].pool)
     runner.wait()
     if stopping:
