@@ -1,11 +1,10 @@
 """ScaiGrid: one distribution; the repo's functions/, runtime/ and adapters/ ship as scaigrid.functions etc."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = {
-    "scaigrid.runtime": "runtime",
-    "scaigrid.functions": "functions",
-    "scaigrid.adapters": "adapters",
-}
+TOP = {"runtime": "scaigrid.runtime", "functions": "scaigrid.functions", "adapters": "scaigrid.adapters"}
+# every sub-package too: setuptools maps scaigrid.runtime.deploy to runtime/deploy through the top's package_dir
+PACKAGES = [f"{name}.{sub}" if sub else name for folder, name in TOP.items()
+            for sub in ["", *find_packages(folder)]]
 
 setup(
     name="scaigrid",
@@ -13,9 +12,13 @@ setup(
     description="Self-hostable multi-tenant AI platform gateway: Nameko functions wired by graph.yaml",
     python_requires=">=3.11",
     # `scaigrid` itself is a namespace package: nothing generic lands at the top of site-packages.
-    packages=list(PACKAGES),
-    package_dir=PACKAGES,
-    package_data={"scaigrid.runtime": ["*.json", "*.yaml"]},
+    packages=PACKAGES,
+    package_dir={name: folder for folder, name in TOP.items()},
+    package_data={
+        "scaigrid.runtime": ["*.json", "*.yaml"],
+        # Alembic's environment and versions are files, not packages
+        "scaigrid.adapters.sql": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
+    },
     install_requires=[
         "nameko==2.14.1",
         "eventlet>=0.36,<0.42",
