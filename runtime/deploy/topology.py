@@ -8,13 +8,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
+from contextlib import contextmanager
 
 import yaml
 
 from ..graph import ENV_REF, Graph
 from ..graph_check import is_ingress, load_checked
-from ..service import EVENT_SOURCE, after_event_type, after_methods
+from ..service import after_methods
+from ..service import after_queue as service_after_queue
 from .values import DeployValues, FunctionValues, ValuesError
 
 HTTP_PORT = 8000  # the port an HTTP function listens on inside its container (SCAIGRID_HTTP_ADDRESS)
@@ -75,9 +76,8 @@ def rpc_queue(function: str) -> str:
 
 
 def after_queue(function: str, method: str) -> str:
-    """nameko's queue for an after-step's durable event handler (service pool: one queue per service)."""
-    step = f"{function}.{method}"
-    return f"evt-{EVENT_SOURCE}-{after_event_type(step)}--{step}"
+    """The durable queue of an after-step (as the runtime declares it)."""
+    return service_after_queue(f"{function}.{method}").name
 
 
 def config_env_refs(graph_text: str) -> tuple[str, ...]:
@@ -106,6 +106,17 @@ def _port(graph: Graph, name: str) -> int:
     return int(address.rsplit(":", 1)[1]) if ":" in address else HTTP_PORT
 
 
+@contextmanager
+def _environ(extra: dict[str, str]):
+    """Environment variables set for the duration of a block, then removed again."""
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name in extra:
+            os.environ.pop(name, None)
+
+
 def load_topology(graph_file: str | Path, values: DeployValues) -> Topology:
     """Load and check graph.yaml (its code is imported, as `scaigrid graph check` does) and list the units.
 
@@ -114,7 +125,7 @@ def load_topology(graph_file: str | Path, values: DeployValues) -> Topology:
     text = Path(graph_file).read_text()
     refs = config_env_refs(text)
     placeholders = {ref: f"${{{ref}}}" for ref in refs if ref not in os.environ}
-    with mock.patch.dict(os.environ, placeholders):
+    with _environ(placeholders):
         graph, classes = load_checked(graph_file)
     unknown = sorted(set(values.functions) - set(graph.functions))
     if unknown:
