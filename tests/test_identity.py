@@ -265,3 +265,28 @@ def test_openapi_document_and_offline_docs(product):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         r = httpx.get(product.base_url + f"/api/v1/docs/assets/{asset}")
         assert r.status_code == 200 and len(r.content) > 10_000
+
+
+def test_no_native_route_reaches_another_tenant(product, tenants):
+    """Every route of the OpenAPI document that names a tenant, key or plugin, called by tenant A's admin with
+    tenant B's ids: nothing succeeds, and B's keys still work afterwards."""
+    acme, globex = tenants["acme"], tenants["globex"]
+    plugin = globex["admin"]("POST", "/api/v1/plugins", {"name": "p", "kind": "max_tokens_clamp",
+                                                          "config": {"max_tokens": 5}}).json()
+    ids = {"tenant_id": globex["tenant"]["id"], "key_id": globex["keys"]["member"]["id"], "plugin_id": plugin["id"]}
+    bodies = {"POST": {"name": "x"}, "PUT": {"rpm": 1}, "PATCH": {"enabled": False}}
+    doc = httpx.get(product.base_url + "/api/v1/openapi.json").json()
+    tried = 0
+    for path, methods in doc["paths"].items():
+        if not any("{" + name + "}" in path for name in ids):
+            continue
+        for method in methods:
+            url = path.format(**ids)
+            r = acme["admin"](method.upper(), url, bodies.get(method.upper()))
+            assert r.status_code in (400, 403, 404), (method, url, r.status_code, r.text)
+            tried += 1
+    assert tried >= 10
+    r = acme["admin"]("GET", "/api/v1/usage", tenant_id=ids["tenant_id"])
+    assert r.status_code == 404
+    assert globex["member"]("GET", "/api/v1/me").status_code == 200
+    assert globex["admin"]("GET", "/api/v1/plugins").json()["data"][0]["enabled"] is True
