@@ -7,22 +7,17 @@ Usage: python bench/auth_cache.py [--requests N]
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
-import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg2
 
-from scaigrid.runtime.testing import SCAIGRID, GraphProcess
+from scaigrid.runtime.testing import GraphProcess, bootstrap_key, percentile, throwaway_database
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = re.compile(r'dur=([0-9.]+);desc="auth.authenticate"')
-PG_ADMIN = os.environ.get("SCAIGRID_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def auth_ms(response: httpx.Response) -> float:
@@ -30,45 +25,34 @@ def auth_ms(response: httpx.Response) -> float:
     return float(AUTH.search(response.headers["server-timing"]).group(1))
 
 
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
-    db = f"sg_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{db}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
-    env = {**os.environ, "SCAIGRID_DATABASE_URL": url, "SCAIGRID_LOG_LEVEL": "WARNING"}
     graph = None
-    try:
-        key = subprocess.run([*SCAIGRID, "admin", "bootstrap"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
-        graph = GraphProcess(REPO / "graph.yaml", Path(tempfile.mkdtemp()),
-                             env={"SCAIGRID_DATABASE_URL": url, "SCAIGRID_LOG_LEVEL": "WARNING"})
-        graph.wait_ready()
-        with httpx.Client(base_url=graph.base_url, timeout=30) as client:
-            me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
-            tenant = me["tenant"]["id"]
-            misses = []
-            for i in range(100):  # each new key's first use misses both cache levels
-                fresh = client.post(f"/api/v1/tenants/{tenant}/keys", json={"name": f"b{i}"},
-                                    headers={"Authorization": f"Bearer {key}"}).json()["key"]
-                misses.append(auth_ms(client.get("/api/v1/me", headers={"Authorization": f"Bearer {fresh}"})))
-            hits = [auth_ms(client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"}))
-                    for _ in range(args.requests)]
-    finally:
-        if graph is not None:
-            graph.stop()
-        admin.cursor().execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+    with throwaway_database("sg_bench") as url:
+        try:
+            key = bootstrap_key(url)
+            graph = GraphProcess(REPO / "graph.yaml", Path(tempfile.mkdtemp()),
+                                 env={"SCAIGRID_DATABASE_URL": url, "SCAIGRID_LOG_LEVEL": "WARNING"})
+            graph.wait_ready()
+            with httpx.Client(base_url=graph.base_url, timeout=30) as client:
+                me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+                tenant = me["tenant"]["id"]
+                misses = []
+                for i in range(100):  # each new key's first use misses both cache levels
+                    fresh = client.post(f"/api/v1/tenants/{tenant}/keys", json={"name": f"b{i}"},
+                                        headers={"Authorization": f"Bearer {key}"}).json()["key"]
+                    misses.append(auth_ms(client.get("/api/v1/me", headers={"Authorization": f"Bearer {fresh}"})))
+                hits = [auth_ms(client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"}))
+                        for _ in range(args.requests)]
+        finally:
+            if graph is not None:
+                graph.stop()
     print(f"\nauth.authenticate inline, ms         {'median':>10} {'p99':>10}")
-    print(f"{'cache hit (in process)':<36} {statistics.median(hits):10.3f} {pct(hits, 0.99):10.3f}")
-    print(f"{'cache miss (PostgreSQL + Redis set)':<36} {statistics.median(misses):10.3f} {pct(misses, 0.99):10.3f}")
+    print(f"{'cache hit (in process)':<36} {statistics.median(hits):10.3f} {percentile(hits, 0.99):10.3f}")
+    print(f"{'cache miss (PostgreSQL + Redis set)':<36} {statistics.median(misses):10.3f} {percentile(misses, 0.99):10.3f}")
     hit = statistics.median(hits)
     print(f"\ntarget: inline auth hit < 0.1 ms -> {hit:.3f} ms {'OK' if hit < 0.1 else 'MISSED'}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from scaigrid.runtime.testing import GraphProcess
+from scaigrid.runtime.testing import GraphProcess, percentile
 
 HERE = Path(__file__).resolve().parent
 STEPS = 5
@@ -38,10 +38,6 @@ def graph_yaml(placements: list[str]) -> str:
     lines += [f"      - noop_{i}.step" for i in range(1, STEPS + 1)]
     return "\n".join(lines) + "\n"
 
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def measure(name: str, placements: list[str], requests: int, tmp: Path, log_level: str) -> dict:
@@ -90,7 +86,7 @@ def main() -> None:
         cells = []
         for c in cols:
             values = pick(results[c])
-            cells.append(f"{statistics.median(values):8.3f} / {pct(values, 0.99):8.3f}" if values else "-")
+            cells.append(f"{statistics.median(values):8.3f} / {percentile(values, 0.99):8.3f}" if values else "-")
         print(f"{label:<34}" + "".join(f"{cell:>22}" for cell in cells))
 
     row("one inline step", lambda r: r["per_kind"]["inline"])

@@ -8,74 +8,57 @@ Usage: python bench/plugins.py [--requests N]
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
-import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg2
 
-from scaigrid.runtime.testing import SCAIGRID, GraphProcess
+from scaigrid.runtime.testing import GraphProcess, bootstrap_key, percentile, throwaway_database
 
 GRAPH = Path(__file__).resolve().parents[1] / "tests" / "graphs" / "plugins.yaml"
-PG_ADMIN = os.environ.get("SCAIGRID_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TIMING = re.compile(r'dur=([0-9.]+);desc="(plugins\.(?:before|after))"')
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
-    db = f"sg_bench_{uuid.uuid4().hex[:8]}"
-    admin_db = psycopg2.connect(PG_ADMIN)
-    admin_db.autocommit = True
-    admin_db.cursor().execute(f'CREATE DATABASE "{db}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
     graph = None
     results = {}
-    try:
-        env = {**os.environ, "SCAIGRID_DATABASE_URL": url}
-        key = subprocess.run([*SCAIGRID, "admin", "bootstrap"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
-        graph = GraphProcess(GRAPH, Path(tempfile.mkdtemp()), env={"SCAIGRID_DATABASE_URL": url,
-                                                                   "SCAIGRID_LOG_LEVEL": "WARNING"})
-        graph.wait_ready()
-        admin = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=graph.base_url, timeout=30) as client:
-            for label, plugins in (("no plugins", []), ("pii_redaction + deny_list", [
-                    ("pii_redaction", {"reversible": True}), ("deny_list", {"words": ["forbidden"]})])):
-                tenant = client.post("/api/v1/tenants", json={"name": label.replace(" ", "-").replace("+", "and")},
-                                     headers=admin).json()
-                tkey = client.post(f"/api/v1/tenants/{tenant['id']}/keys", json={"name": "k", "role": "tenant-admin"},
-                                   headers=admin).json()["key"]
-                headers = {"Authorization": f"Bearer {tkey}"}
-                for kind, config in plugins:
-                    client.post("/api/v1/plugins", json={"name": kind, "kind": kind, "config": config},
-                                headers=headers).raise_for_status()
-                body = {"model": "parrot", "messages": [{"role": "user", "content": "mail me at bob@example.com"}]}
-                totals = []
-                for i in range(args.requests + 100):
-                    r = client.post("/v1/chat/completions", json=body, headers=headers)
-                    r.raise_for_status()
-                    if i >= 100:
-                        totals.append(sum(float(ms) for ms, _ in TIMING.findall(r.headers["server-timing"])))
-                results[label] = totals
-    finally:
-        if graph is not None:
-            graph.stop()
-        admin_db.cursor().execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+    with throwaway_database("sg_bench") as url:
+        try:
+            key = bootstrap_key(url)
+            graph = GraphProcess(GRAPH, Path(tempfile.mkdtemp()), env={"SCAIGRID_DATABASE_URL": url,
+                                                                       "SCAIGRID_LOG_LEVEL": "WARNING"})
+            graph.wait_ready()
+            admin = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(base_url=graph.base_url, timeout=30) as client:
+                for label, plugins in (("no plugins", []), ("pii_redaction + deny_list", [
+                        ("pii_redaction", {"reversible": True}), ("deny_list", {"words": ["forbidden"]})])):
+                    tenant = client.post("/api/v1/tenants", json={"name": label.replace(" ", "-").replace("+", "and")},
+                                         headers=admin).json()
+                    tkey = client.post(f"/api/v1/tenants/{tenant['id']}/keys", json={"name": "k", "role": "tenant-admin"},
+                                       headers=admin).json()["key"]
+                    headers = {"Authorization": f"Bearer {tkey}"}
+                    for kind, config in plugins:
+                        client.post("/api/v1/plugins", json={"name": kind, "kind": kind, "config": config},
+                                    headers=headers).raise_for_status()
+                    body = {"model": "parrot", "messages": [{"role": "user", "content": "mail me at bob@example.com"}]}
+                    totals = []
+                    for i in range(args.requests + 100):
+                        r = client.post("/v1/chat/completions", json=body, headers=headers)
+                        r.raise_for_status()
+                        if i >= 100:
+                            totals.append(sum(float(ms) for ms, _ in TIMING.findall(r.headers["server-timing"])))
+                    results[label] = totals
+        finally:
+            if graph is not None:
+                graph.stop()
     print(f"\nplugins.before + plugins.after, inline, ms   {'median':>8} {'p99':>8}")
     for label, values in results.items():
-        print(f"{label:<44} {statistics.median(values):8.3f} {pct(values, 0.99):8.3f}")
+        print(f"{label:<44} {statistics.median(values):8.3f} {percentile(values, 0.99):8.3f}")
     none = statistics.median(results["no plugins"])
     print(f"\ntarget: no plugins < 0.2 ms for both steps -> {none:.3f} ms {'OK' if none < 0.2 else 'MISSED'}")
 

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -101,3 +103,34 @@ class GraphProcess:
         self._log.close()
         self.vhost.delete()
         return self.proc.returncode
+
+
+PG_ADMIN = os.environ.get("SCAIGRID_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def throwaway_database(prefix: str = "sg_test") -> Iterator[str]:
+    """A fresh PostgreSQL database (its URL), dropped afterwards even if connections are left open."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def bootstrap_key(database_url: str) -> str:
+    """`scaigrid admin bootstrap` as an operator runs it: the key is the last line."""
+    result = subprocess.run([*SCAIGRID, "admin", "bootstrap"], env={**os.environ, "SCAIGRID_DATABASE_URL": database_url},
+                            capture_output=True, text=True, timeout=120, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]

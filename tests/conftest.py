@@ -1,14 +1,11 @@
 """Graphs under test run as `scaigrid up` subprocesses (own vhost, own port); this process stays unpatched."""
 import json
-import os
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from scaigrid.runtime.testing import SCAIGRID, GraphProcess
+from scaigrid.runtime.testing import GraphProcess, bootstrap_key, throwaway_database  # noqa: F401
 
 GRAPHS = Path(__file__).parent / "graphs"
 
@@ -58,25 +55,8 @@ def start_graph(tmp_path):
         process.stop()
 
 
-PG_ADMIN = os.environ.get("SCAIGRID_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
 @pytest.fixture(scope="module")
 def database_url():
     """A fresh PostgreSQL database for one test module (dropped afterwards)."""
-    import psycopg2
-
-    name = f"sg_test_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(PG_ADMIN)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    conn.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    conn.close()
-
-
-def bootstrap_key(database_url: str) -> str:
-    """`scaigrid admin bootstrap` as an operator runs it: the key is the last line."""
-    result = subprocess.run([*SCAIGRID, "admin", "bootstrap"], env={**os.environ, "SCAIGRID_DATABASE_URL": database_url},
-                            capture_output=True, text=True, timeout=120, check=True)
-    return result.stdout.strip().splitlines()[-1]
+    with throwaway_database() as url:
+        yield url

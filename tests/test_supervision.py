@@ -3,7 +3,6 @@ import concurrent.futures as cf
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
