@@ -54,6 +54,8 @@ setup(
             "pytest>=8,<9.2",  # schemathesis 4 from_fixture breaks on pytest 9.2
             "schemathesis>=4.30,<5",
             "pytest-timeout>=2.3",
+            "setuptools>=68",  # tests build the wheel and the sample plugin without build isolation
+            "wheel",
             "openai>=1.40",
             "hypothesis>=6",
             "kubernetes-validate>=1.28",  # tests/test_deploy.py: manifests against the Kubernetes schemas

@@ -1,5 +1,6 @@
 """How the gateway parses requests into envelopes and renders envelopes into HTTP answers, per route `handler:`."""
 from .json_route import JsonRoute
 from .native import NativeRoute
+from .openai_api import OpenAIRoute
 
-HANDLERS = {"json": JsonRoute(), "native": NativeRoute()}
+HANDLERS = {"json": JsonRoute(), "native": NativeRoute(), "openai": OpenAIRoute()}
