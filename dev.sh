@@ -46,6 +46,24 @@ EOF
 
 # ---------------------------------------------------------------- setup
 
+# llama-cpp-python's server is the independent OpenAI-compatible upstream the tests talk to. It compiles
+# llama.cpp (minutes on 2 cores), so its wheel is built once into a cache and installed from there.
+LLAMA_VERSION="0.3.36"
+WHEELS="${SCAIGRID_WHEEL_CACHE:-$HOME/.cache/scaigrid/wheels}"
+install_llama_server() {
+    local wheel
+    wheel="$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
+    if [[ -z "$wheel" ]]; then
+        say "setup: building llama-cpp-python $LLAMA_VERSION once into $WHEELS (compiles llama.cpp: minutes)"
+        mkdir -p "$WHEELS"
+        "$PY" -m pip wheel -q --no-deps -w "$WHEELS" \
+            "llama-cpp-python==$LLAMA_VERSION" || die "building llama-cpp-python failed (needs gcc, g++, cmake)"
+        wheel="$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)"
+    fi
+    say "setup: installing $(basename "$wheel") with its server"
+    "$PY" -m pip install -q "$wheel[server]"
+}
+
 cmd_setup() {
     need "$PYTHON" "Python 3.11+ (or set PYTHON=/path/to/python3)"
     if [[ -x "$PY" ]] && ! "$PY" -c 'import sys' >/dev/null 2>&1; then
@@ -69,6 +87,7 @@ cmd_setup() {
     "$PY" -m pip install -q --upgrade pip
     say "setup: pip install -e '.[cpu,dev]' (this can take a few minutes on a clean clone)"
     "$PY" -m pip install -q -e '.[cpu,dev]'
+    install_llama_server
     rm -f "$VENV"/.installed-*
     : >"$stamp"
     say "setup: done"
