@@ -1,5 +1,6 @@
 """Batched after-steps: a method marked `@batch(...)` receives a list of envelopes, and the messages are
-acknowledged only after it returns (e.g. after its COMMIT). A failure requeues the whole batch.
+acknowledged only after it returns (e.g. after its COMMIT). When a batch fails, its envelopes are retried one
+by one, and one that fails again goes to the durable `scaigrid.dead-letter` queue with the error (never dropped).
 
 For bookkeeping that must lose nothing and go fast (the usage ledger): one message at a time through nameko's
 worker machinery costs more than the database insert it feeds.
@@ -21,6 +22,7 @@ from .remote import SERIALIZER
 
 _log = logging.getLogger("scaigrid.batch")
 BATCH_ATTR = "_scaigrid_batch"
+DEAD_LETTER = Queue("scaigrid.dead-letter", durable=True, auto_delete=False)
 
 
 def batch(max_size: int = 500, max_delay: float = 0.05):
@@ -71,6 +73,7 @@ class BatchConsumer(Entrypoint):
         with Connection(self.container.config[AMQP_URI_CONFIG_KEY], heartbeat=15) as conn:
             channel = conn.channel()
             channel.basic_qos(0, self.max_size * 2, False)
+            self._producer = conn.Producer(channel=conn.channel())
 
             def on_message(body, message):
                 buffer.append((body, message))
@@ -91,19 +94,37 @@ class BatchConsumer(Entrypoint):
                         self._handle(buffer)
                         buffer = []
 
-    def _handle(self, items: list) -> None:
+    def _run_batch(self, envelopes: list) -> BaseException | None:
+        """Run the method on these envelopes in a worker; the exception it raised, if any."""
         done = Event()
 
         def handle_result(worker_ctx, result, exc_info):
-            done.send((result, exc_info))
+            done.send(exc_info)
             return result, exc_info
 
-        self.container.spawn_worker(self, ([body for body, _ in items],), {}, handle_result=handle_result)
-        _, exc_info = done.wait()
+        self.container.spawn_worker(self, (envelopes,), {}, handle_result=handle_result)
+        exc_info = done.wait()
+        return exc_info[1] if exc_info else None
+
+    def _handle(self, items: list) -> None:
         last = items[-1][1]
-        if exc_info is None:
+        error = self._run_batch([body for body, _ in items])
+        if error is None:
             last.channel.basic_ack(last.delivery_tag, multiple=True)  # everything up to the last of this batch
-        else:
-            log(_log, logging.ERROR, "batch failed; requeued", size=len(items), error=str(exc_info[1])[:300])
-            last.channel.basic_nack(last.delivery_tag, multiple=True, requeue=True)
-            eventlet.sleep(1)  # do not spin on a batch that keeps failing
+            return
+        # one bad envelope must not hold the whole queue: try each alone, and set aside the ones that fail again
+        log(_log, logging.ERROR, "batch failed; retrying its envelopes one by one", size=len(items),
+            error=str(error)[:300])
+        for body, message in items:
+            error = self._run_batch([body])
+            if error is not None:
+                self._dead_letter(body, message, error)
+            message.ack()
+
+    def _dead_letter(self, body, message, error: BaseException) -> None:
+        """Keep what cannot be processed (it is never dropped): the `scaigrid.dead-letter` queue, with why."""
+        log(_log, logging.ERROR, "envelope dead-lettered", queue=self.queue.name,
+            request_id=(body or {}).get("id") if isinstance(body, dict) else None, error=str(error)[:300])
+        self._producer.publish(body, serializer=SERIALIZER, exchange="", routing_key=DEAD_LETTER.name,
+                               declare=[DEAD_LETTER], delivery_mode=2,
+                               headers={"x-scaigrid-queue": self.queue.name, "x-scaigrid-error": str(error)[:1000]})

@@ -239,3 +239,32 @@ def test_ledger_is_append_only_and_metrics_count_it(acct):
     text = httpx.get(acct.base_url + "/metrics").text
     assert 'scaigrid_tokens_total{kind="completion",model="metered"' in text
     assert "scaigrid_spend_micros_total" in text
+
+
+def test_a_poison_envelope_is_dead_lettered_and_the_rest_go_through(acct):
+    """An envelope the ledger cannot take must not hold the queue, nor be dropped."""
+    from kombu import Connection
+
+    from scaigrid.runtime.batch import DEAD_LETTER
+    from scaigrid.runtime.service import after_queue
+
+    who = new_tenant(acct, "poison")
+    queue = after_queue("accounting.record")
+    poison = {"id": "req_poison_1", "route": "meter", "request": {"model": "metered"}, "context": {},
+              "principal": {"key_id": who["key"]["id"], "tenant_id": who["tenant"]["id"]},
+              "usage": {"prompt_tokens": "lots"}, "error": None}
+    with Connection(acct.env["SCAIGRID_AMQP_URI"]) as conn:
+        conn.Producer(serializer="msgpack").publish(poison, exchange=queue.exchange, routing_key=queue.routing_key,
+                                                    delivery_mode=2, declare=[queue])
+    for _ in range(5):
+        assert meter(acct, who).status_code == 200
+    assert wait_for_rows(acct, who["key"]["id"], 5)[0] == 5
+    with Connection(acct.env["SCAIGRID_AMQP_URI"]) as conn:
+        deadline = time.monotonic() + 10
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = DEAD_LETTER(conn.channel()).get(no_ack=True, accept=["msgpack"])
+            time.sleep(0.1)
+    assert message is not None and message.payload["id"] == "req_poison_1"
+    assert "lots" in message.headers["x-scaigrid-error"]
+    assert message.headers["x-scaigrid-queue"] == queue.name
