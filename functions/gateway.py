@@ -53,6 +53,15 @@ def server_timing(timings: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+MODEL_FUNCTION = "inference"
+
+
+def overhead_ms(started: float, timings: dict[str, float]) -> str:
+    """What ScaiGrid added to the model's own time: the whole request in this process minus the model steps."""
+    model = sum(ms for key, ms in timings.items() if key.partition(":")[2].startswith(MODEL_FUNCTION + "."))
+    return f"{max(0.0, (time.perf_counter() - started) * 1000 - model):.3f}"
+
+
 class Gateway:
     """HTTP ingress for every route in graph.yaml that names an `http:` endpoint."""
 
@@ -125,6 +134,7 @@ class Gateway:
                     envelope = self.routes.run(route_name, envelope)
                     headers.update(envelope["context"].get("headers", {}))
                     headers["Server-Timing"] = server_timing(envelope["timings"])
+                    headers["x-scaigrid-overhead-ms"] = overhead_ms(started, envelope["timings"])
                     response = handler.render(envelope, headers)
         except StepError as exc:
             # steps may set answer headers even when the route fails (x-ratelimit-* on a 429)

@@ -222,3 +222,11 @@ def test_bad_key_is_401_for_the_sdk(stack):
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="llama-direct", messages=HELLO)
     assert os.environ.get("SCAIGRID_TEST_UPSTREAM_KEY") is None
+
+
+def test_gateway_overhead_header(stack):
+    r = httpx.post(stack.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {stack.key}"},
+                   json={"model": "llama-direct", "messages": HELLO, "max_tokens": 2}, timeout=60)
+    overhead = float(r.headers["x-scaigrid-overhead-ms"])
+    model = float(r.headers["server-timing"].split("dur=")[-1].split(";")[0])
+    assert 0 < overhead < model  # the model's time is not counted as the gateway's
