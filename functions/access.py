@@ -14,6 +14,17 @@ def principal_of(envelope: dict) -> dict:
     return {**principal, "request_id": envelope["id"]}
 
 
+def tenant_not_found(tenant_id: str) -> NotFound:
+    return NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+
+
+def visible_key(principal: dict, key: dict | None, key_id: str) -> dict:
+    """The key if the caller may see it; another tenant's key looks like no key at all."""
+    if key is None or (principal["role"] != PLATFORM and key["tenant_id"] != principal["tenant_id"]):
+        raise NotFound(f"no key '{key_id}'", code="key_not_found")
+    return key
+
+
 def require_platform(principal: dict) -> None:
     if principal["role"] != PLATFORM:
         raise Forbidden("only a platform admin may do this", code="platform_admin_only")
@@ -24,7 +35,7 @@ def require_manager(principal: dict, tenant_id: str) -> None:
     if principal["role"] == PLATFORM:
         return
     if principal["tenant_id"] != tenant_id:
-        raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+        raise tenant_not_found(tenant_id)
     if principal["role"] != TENANT_ADMIN:
         raise Forbidden("only a tenant admin may manage this tenant", code="tenant_admin_only")
 

@@ -16,10 +16,10 @@ from scaigrid.adapters.cache.limiter import Limiter, Verdict
 from scaigrid.adapters.sql.identity import IdentityStore
 from scaigrid.adapters.sql.ledger import Ledger
 from scaigrid.runtime.batch import batch
-from scaigrid.runtime.errors import NotFound, RateLimited
+from scaigrid.runtime.errors import RateLimited
 from scaigrid.runtime.executor import Executor
 
-from .access import MEMBER, PLATFORM, principal_of, require_manager, require_platform
+from .access import MEMBER, PLATFORM, principal_of, require_manager, require_platform, tenant_not_found, visible_key
 from .pricing import cost_of, estimate, registry
 
 _log = logging.getLogger("scaigrid.accounting")
@@ -118,7 +118,7 @@ class Accounting:
             if principal["role"] == MEMBER:
                 key_id = principal["key_id"]  # a member sees its own key's usage
             elif tenant_id not in (None, principal["tenant_id"]):
-                raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+                raise tenant_not_found(tenant_id)
             tenant_id = principal["tenant_id"]
         today = datetime.now(timezone.utc).date()
         start, end = _day(query.get("start"), today.replace(day=1)), _day(query.get("end"), today)
@@ -153,9 +153,7 @@ class Accounting:
         principal = principal_of(envelope)
         path = envelope["request"]["path"]
         if "key_id" in path:
-            key = self.identity.get_key(path["key_id"])
-            if key is None or (principal["role"] != PLATFORM and key["tenant_id"] != principal["tenant_id"]):
-                raise NotFound(f"no key '{path['key_id']}'", code="key_not_found")
+            key = visible_key(principal, self.identity.get_key(path["key_id"]), path["key_id"])
             require_manager(principal, key["tenant_id"])
             return "key", key["id"]
         tenant_id = path["tenant_id"]
@@ -164,7 +162,7 @@ class Accounting:
         else:
             require_manager(principal, tenant_id)
         if self.identity.get_tenant(tenant_id) is None:
-            raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+            raise tenant_not_found(tenant_id)
         return "tenant", tenant_id
 
     @timer(interval=300, eager=True)

@@ -8,9 +8,10 @@ from nameko.rpc import rpc
 from scaigrid.adapters.cache.key_cache import KeyCache
 from scaigrid.adapters.sql.identity import Conflict as NameTaken
 from scaigrid.adapters.sql.identity import IdentityStore
-from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
+from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden
 
-from .access import MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform
+from .access import (MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform,
+                     tenant_not_found, visible_key)
 from .auth_keys import mint
 
 class Admin:
@@ -47,7 +48,7 @@ class Admin:
         tenant_id = envelope["request"]["path"]["tenant_id"]
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None or (principal["role"] != PLATFORM and principal["tenant_id"] != tenant_id):
-            raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+            raise tenant_not_found(tenant_id)
         envelope["response"] = tenant
         return envelope
 
@@ -67,7 +68,7 @@ class Admin:
         tenant_id = envelope["request"]["path"]["tenant_id"]
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None:
-            raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+            raise tenant_not_found(tenant_id)
         if tenant["is_platform"] and status == "disabled":
             raise Conflict("the platform tenant cannot be disabled (it would lock every admin out)",
                            code="platform_tenant")
@@ -85,7 +86,7 @@ class Admin:
         require_manager(principal, tenant_id)
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None:
-            raise NotFound(f"no tenant '{tenant_id}'", code="tenant_not_found")
+            raise tenant_not_found(tenant_id)
         body = envelope["request"]["body"]
         role = body.get("role", MEMBER)
         if role == PLATFORM and not (principal["role"] == PLATFORM and tenant["is_platform"]):
@@ -116,9 +117,7 @@ class Admin:
         """DELETE /api/v1/keys/{key_id} — revoked on every gateway replica within a second."""
         principal = principal_of(envelope)
         key_id = envelope["request"]["path"]["key_id"]
-        key = self.identity.get_key(key_id)
-        if key is None or (principal["role"] != PLATFORM and key["tenant_id"] != principal["tenant_id"]):
-            raise NotFound(f"no key '{key_id}'", code="key_not_found")
+        key = visible_key(principal, self.identity.get_key(key_id), key_id)
         require_manager(principal, key["tenant_id"])
         envelope["response"] = self.identity.revoke_key(key_id, principal)
         self.keys.invalidate_keys([key["prefix"][3:]])
