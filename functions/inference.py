@@ -1,7 +1,8 @@
 """The inference function (the RawModelService): the one interface to every hosted model.
 
 The model registry lives in graph.yaml (this function's `config.models`): id, kind (chat, embedding), backend
-(`openai` for OpenAI-compatible upstreams; local ONNX models arrive with their backend), context length, prices.
+(`onnx`: a local model prepared by `scaigrid models prepare`; `openai`: an OpenAI-compatible upstream), context
+length, prices. Answers are in OpenAI's shapes whatever the backend.
 """
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import time
 
 from nameko.rpc import rpc
 
+import base64
+
+import numpy as np
+
+from scaigrid.adapters.local_models import LocalModelProvider
 from scaigrid.adapters.upstream.openai_compatible import Upstream, estimated_usage, usage_of
 from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.errors import BadRequest, NotFound
@@ -23,6 +29,7 @@ class Inference:
     name = "inference"
     config = FunctionConfig()
     stream = ChunkSender()
+    local = LocalModelProvider()
     _upstreams: dict = {}
 
     def _spec(self, envelope: dict, kind: str) -> dict:
@@ -57,7 +64,8 @@ class Inference:
         allowed = (envelope.get("principal") or {}).get("models")
         envelope["response"] = {"object": "list", "data": [
             {"id": m["id"], "object": "model", "created": STARTED, "owned_by": m.get("owned_by", "scaigrid"),
-             "kind": m.get("kind"), "backend": m.get("backend"), "context_length": m.get("context_length")}
+             "kind": m.get("kind"), "backend": m.get("backend"), "context_length": m.get("context_length"),
+             "provider": self.local.provider(m["id"])}
             for m in self.config.get("models", []) if allowed is None or m["id"] in allowed]}
         return envelope
 
@@ -75,10 +83,9 @@ class Inference:
         spec = self._spec(envelope, "chat")
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
-        if spec.get("backend") != "openai":
+        if spec.get("backend") == "onnx":
             self._refuse_unsupported(spec, body)
-            raise BadRequest(f"the model '{spec['id']}' has backend '{spec.get('backend')}', which this build "
-                             f"cannot serve yet", code="backend_unavailable", param="model")
+            return self._local(envelope, spec, body, chat=path == "/chat/completions")
         upstream = self._upstream(spec)
         writer = self.stream.open(envelope)
         if writer is None:
@@ -103,9 +110,72 @@ class Inference:
         """POST /v1/embeddings."""
         spec = self._spec(envelope, "embedding")
         body = envelope["request"]["body"]
-        if spec.get("backend") != "openai":
-            raise BadRequest(f"the model '{spec['id']}' has backend '{spec.get('backend')}', which this build "
-                             f"cannot serve yet", code="backend_unavailable", param="model")
+        if spec.get("backend") == "onnx":
+            texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+            vectors, counts = self.local.embed(spec["id"], texts)
+            b64 = body.get("encoding_format") == "base64"
+            envelope["response"] = {"object": "list", "model": spec["id"], "data": [
+                {"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if b64 else
+                 [float(x) for x in v]} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
+            envelope["usage"] = {"prompt_tokens": sum(counts), "completion_tokens": 0, "total_tokens": sum(counts)}
+            return envelope
         answer = self._upstream(spec).call("/embeddings", body)
         envelope["response"], envelope["usage"] = answer, usage_of(answer)
         return envelope
+
+    def _local(self, envelope: dict, spec: dict, body: dict, chat: bool) -> dict:
+        """A local model: OpenAI's answer or chunks, exact token counts, generation stopped when the client leaves."""
+        prompt = body["messages"] if chat else body["prompt"]
+        if not chat and isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise BadRequest("a local model takes one prompt per request", code="unsupported_parameter",
+                                 param="prompt")
+            prompt = prompt[0]
+        try:
+            deltas = self.local.generate(
+                spec["id"], prompt, max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                temperature=1.0 if body.get("temperature") is None else body["temperature"],
+                top_p=body.get("top_p") or 1.0, stop=body.get("stop"), seed=body.get("seed"))
+        except ValueError as exc:  # the prompt does not fit the context, and the like
+            raise BadRequest(f"model '{spec['id']}': {exc}", code="context_length_exceeded",
+                             param="messages" if chat else "prompt") from None
+        rid, created = envelope["id"], envelope["context"]["created"]
+        kind = "chat.completion" if chat else "text_completion"
+        writer = self.stream.open(envelope)
+        if writer is None:
+            text = "".join(deltas)
+        else:
+            text = None
+            try:
+                if chat:
+                    writer.send(_chunk(rid, created, spec["id"], {"role": "assistant", "content": ""}, None, chat))
+                for delta in deltas:
+                    writer.send(_chunk(rid, created, spec["id"], {"content": delta} if chat else delta, None, chat))
+                writer.send(_chunk(rid, created, spec["id"], {} if chat else "", deltas.generation.finish_reason,
+                                   chat))
+            except StreamClosed:
+                deltas.close()  # the client left: stop generating now; what was made is still billed
+        generation = deltas.generation
+        usage = {"prompt_tokens": generation.usage.prompt_tokens,
+                 "completion_tokens": generation.usage.completion_tokens,
+                 "total_tokens": generation.usage.total_tokens}
+        envelope["usage"] = usage
+        if writer is not None:
+            return writer.finish()
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+                   "finish_reason": generation.finish_reason} if chat else
+                  {"index": 0, "text": text, "finish_reason": generation.finish_reason, "logprobs": None})
+        envelope["response"] = {"id": rid, "object": kind, "created": created, "model": spec["id"],
+                                "choices": [choice], "usage": usage}
+        return envelope
+
+
+def _chunk(rid: str, created: int, model: str, delta, finish_reason, chat: bool) -> dict:
+    if chat:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [choice]}
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": delta, "finish_reason": finish_reason, "logprobs": None}]}
