@@ -61,7 +61,8 @@ class LocalModels:
                 return list(zip(out.vectors, out.token_counts))
 
             batcher = self.batchers[model_id] = DynamicBatcher(run, int(self.batch.get("max_batch", 32)),
-                                                               float(self.batch.get("max_delay_ms", 5)) / 1000)
+                                                               float(self.batch.get("max_delay_ms", 5)) / 1000,
+                                                               name=f"embed:{model_id}")
         pairs = batcher.submit(texts)
         return [v for v, _ in pairs], [c for _, c in pairs]
 
@@ -98,10 +99,9 @@ class LocalModelProvider(DependencyProvider):
         config = self.container.config
         fn = config.get("SCAIGRID_FUNCTION_CONFIG", {})
         self.models = LocalModels(fn.get("models", []), config["MODELS_DIR"], fn.get("batching", {}))
-        self.preload = fn.get("preload", True)
-
-    def start(self):
-        if self.preload:
+        # in setup, not start: nameko starts entrypoints only after every setup, so no request (and no readiness
+        # probe) finds this replica consuming before its models are in memory
+        if fn.get("preload", True):
             for model_id in self.models.specs:
                 try:
                     self.models.load(model_id)

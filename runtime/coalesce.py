@@ -12,12 +12,17 @@ import eventlet
 from eventlet import tpool
 from eventlet.event import Event
 from eventlet.queue import LightQueue
+from prometheus_client import Counter
+
+BATCHES = Counter("scaigrid_batches_total", "Calls of a dynamically batched function", ["name"])
+BATCH_ITEMS = Counter("scaigrid_batch_items_total", "Items through a dynamically batched function", ["name"])
 
 
 class DynamicBatcher:
     def __init__(self, fn: Callable[[list], Sequence], max_batch: int = 32, max_delay: float = 0.005,
-                 threaded: bool = True):
+                 threaded: bool = True, name: str = "batch"):
         self.fn = fn
+        self.name = name
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.threaded = threaded
@@ -57,6 +62,8 @@ class DynamicBatcher:
                     done.send(exc)
                 continue
             self.batches += 1
+            BATCHES.labels(self.name).inc()
+            BATCH_ITEMS.labels(self.name).inc(len(flat))
             start = 0
             for items, done in waiting:
                 done.send(out[start:start + len(items)])
