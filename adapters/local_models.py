@@ -15,11 +15,12 @@ from scaigrid.runtime.coalesce import DynamicBatcher
 from scaigrid.runtime.logs import log
 
 _log = logging.getLogger("scaigrid.local_models")
+LOCAL_BACKENDS = ("onnx", "transformers")
 
 
 class LocalModels:
     def __init__(self, specs: list[dict], models_root: str, batch: dict):
-        self.specs = {s["id"]: s for s in specs if s.get("backend") == "onnx"}
+        self.specs = {s["id"]: s for s in specs if s.get("backend") in LOCAL_BACKENDS}
         self.root = models_root
         self.batch = batch
         self.loaded: dict = {}
@@ -34,10 +35,15 @@ class LocalModels:
             from scaigrid.adapters.backends.onnx_embed import OnnxEmbedModel
 
             spec = self.specs[model_id]
-            cls = OnnxEmbedModel if spec.get("kind") == "embedding" else OnnxChatModel
             path = spec.get("path") or model_dir_for(model_id, self.root)
-            model = self.loaded[model_id] = tpool.execute(cls, path, spec.get("variant", "auto"), None,
-                                                          spec.get("threads"))
+            if spec["backend"] == "transformers":
+                from scaigrid.adapters.backends.torch_chat import TorchChatModel
+
+                model = tpool.execute(TorchChatModel, path, spec.get("default_system"), spec.get("threads"))
+            else:
+                cls = OnnxEmbedModel if spec.get("kind") == "embedding" else OnnxChatModel
+                model = tpool.execute(cls, path, spec.get("variant", "auto"), None, spec.get("threads"))
+            self.loaded[model_id] = model
             log(_log, logging.INFO, "model loaded", model=model_id, provider=model.provider, variant=model.variant)
         return model
 
@@ -92,7 +98,8 @@ def _step(generation) -> str | None:
 
 
 class LocalModelProvider(DependencyProvider):
-    """Function config: `models` (the registry; entries with backend onnx are served here), `preload` (load them
+    """Function config: `models` (the registry; entries with backend onnx or transformers are served here),
+    `preload` (load them
     at start, default true), `batching: {max_batch, max_delay_ms}` for embeddings."""
 
     def setup(self):

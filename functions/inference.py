@@ -14,7 +14,7 @@ import base64
 
 import numpy as np
 
-from scaigrid.adapters.local_models import LocalModelProvider
+from scaigrid.adapters.local_models import LOCAL_BACKENDS, LocalModelProvider
 from scaigrid.adapters.upstream.openai_compatible import Upstream, estimated_usage, usage_of
 from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.errors import BadRequest, NotFound
@@ -83,7 +83,7 @@ class Inference:
         spec = self._spec(envelope, "chat")
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
-        if spec.get("backend") == "onnx":
+        if spec.get("backend") in LOCAL_BACKENDS:
             self._refuse_unsupported(spec, body)
             return self._local(envelope, spec, body, chat=path == "/chat/completions")
         upstream = self._upstream(spec)
