@@ -36,6 +36,9 @@ setup(
         "cachetools>=5",
         "cryptography>=42",  # secrets that must be used again (webhook signing keys) are stored encrypted
         "swagger-ui-bundle-v2>=5.17",  # Swagger UI 5 (OpenAPI 3.1) as package data: the docs page needs no CDN
+        "tokenizers>=0.20",  # local models: serving needs onnxruntime (cpu/gpu extra) + tokenizers + numpy
+        "numpy>=1.24",
+        "tqdm>=4.60",  # scaigrid models prepare: progress bars
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
@@ -45,10 +48,11 @@ setup(
             "torch==2.13.0",
             "transformers>=4.57,<4.58",
             "huggingface_hub>=0.36,<1",
-            "optimum>=2.1",
-            "optimum-onnx>=0.1",
-            "gguf",
-            "accelerate",
+            "optimum>=2.1,<3",
+            "optimum-onnx>=0.1,<0.2",
+            "gguf>=0.17",
+            "accelerate>=1.0",
+            "onnx-ir>=1.0,<2",  # onnxruntime-genai's model builder (run from its wheel's files, never installed)
         ],
         "dev": [
             "pytest>=8,<9.2",  # schemathesis 4 from_fixture breaks on pytest 9.2
@@ -72,8 +76,12 @@ setup(
             "db = scaigrid.adapters.sql.commands:register",
             "admin = scaigrid.functions.admin_commands:register",
             "deploy = scaigrid.runtime.deploy.commands:register",
+            "models = scaigrid.functions.models_commands:register",
         ],
-        "scaigrid.before_up": ["migrations = scaigrid.adapters.sql.commands:before_up"],
+        "scaigrid.before_up": [
+            "migrations = scaigrid.adapters.sql.commands:before_up",
+            "models = scaigrid.functions.models_commands:before_up",
+        ],
         # plugin kinds: the built-ins are registered exactly as a third-party package registers its own
         "scaigrid.plugins": [
             "pii_redaction = scaigrid.functions.plugin_kinds.pii_redaction:PiiRedaction",

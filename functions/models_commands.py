@@ -49,3 +49,23 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true", help="check every file's sha256, not only sizes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_list)
+
+
+def before_up(settings, stores, graph=None) -> None:
+    """`scaigrid up` prepares the graph's local ONNX models that are not built yet (verified ones are skipped)."""
+    from scaigrid.adapters.backends import CHAT_MODEL, EMBED_MODEL
+    from scaigrid.adapters.backends.manifest import model_dir_for, problems
+    from scaigrid.adapters.backends.prepare import prepare
+    from scaigrid.runtime.graph import GraphError
+
+    if graph is None:
+        return
+    wanted = sorted({m["id"] for fn in graph.functions.values() for m in fn.config.get("models", ())
+                     if m.get("backend") == "onnx" and not m.get("path") and m["id"] in (CHAT_MODEL, EMBED_MODEL)})
+    absent = [m for m in wanted if problems(model_dir_for(m, settings.models_dir), full=False)]
+    if absent:
+        print(f"scaigrid: preparing the local models {', '.join(absent)} (first start only)", file=sys.stderr)
+        try:
+            prepare(absent, root=settings.models_dir)
+        except Exception as exc:  # ExportExtraMissing says what to install
+            raise GraphError([f"local models {', '.join(absent)} are not prepared and could not be: {exc}"]) from None

@@ -66,8 +66,11 @@ def _launch(graph_file: str, pick) -> int:
         check_stores(sorted(stores), settings)
     except (GraphError, StoreDown, KeyError) as exc:
         return _fail(exc)
-    for hook in entry_points(group="scaigrid.before_up"):  # e.g. database migrations
-        hook.load()(settings, stores)
+    try:
+        for hook in entry_points(group="scaigrid.before_up"):  # database migrations, local models
+            hook.load()(settings, stores, graph)
+    except GraphError as exc:
+        return _fail(exc)
     return supervise(graph, classes, functions, settings.grace_seconds)
 
 

@@ -29,7 +29,7 @@ def register(sub) -> None:
     db.add_parser("current", help="the revision the database is at").set_defaults(func=_current)
 
 
-def before_up(settings: Settings, stores: set[str]) -> None:
+def before_up(settings: Settings, stores: set[str], graph=None) -> None:
     """Bring the schema up to date before any function that uses PostgreSQL starts."""
     if "postgres" in stores:
         upgrade(settings.database_url)
