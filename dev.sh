@@ -85,8 +85,8 @@ cmd_setup() {
 
     say "setup: upgrading pip"
     "$PY" -m pip install -q --upgrade pip
-    say "setup: pip install -e '.[cpu,dev]' (this can take a few minutes on a clean clone)"
-    "$PY" -m pip install -q -e '.[cpu,dev]'
+    say "setup: pip install -e '.[cpu,dev,export]' (this can take a few minutes on a clean clone)"
+    "$PY" -m pip install -q -e '.[cpu,dev,export]'  # export: scaigrid models prepare (torch, optimum)
     install_llama_server
     rm -f "$VENV"/.installed-*
     : >"$stamp"
