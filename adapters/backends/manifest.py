@@ -20,6 +20,19 @@ class ModelNotPrepared(RuntimeError):
     """The model folder is missing or incomplete: run `scaigrid models prepare`."""
 
 
+def models_dir(path: str | os.PathLike | None = None) -> Path:
+    """$SCAIGRID_MODELS_DIR (default ~/.cache/scaigrid/models), or `path`."""
+    if path is None:
+        from scaigrid.runtime.settings import Settings
+        path = Settings().models_dir
+    return Path(path).expanduser()
+
+
+def model_dir_for(model_id: str, root: str | os.PathLike | None = None) -> Path:
+    """The folder of a prepared model: <models dir>/<model id>."""
+    return models_dir(root) / model_id
+
+
 def read(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / MANIFEST
     try:
