@@ -108,31 +108,35 @@ def stack(database_url, tmp_path_factory):
                                "--n_ctx", "2048", "--n_threads", "1"],
                               stdout=subprocess.DEVNULL, stderr=open(tmp / "llama.log", "w"))
     llama = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(llama + "/v1/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_proxy(llama))
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    admin = bootstrap_key(database_url)
-    graph = launch("upstream.yaml", tmp, env={
-        "SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_TEST_LLAMA_URL": llama,
-        "SCAIGRID_TEST_PROXY_URL": f"http://127.0.0.1:{proxy.server_port}",
-        "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-    headers = {"Authorization": f"Bearer {admin}"}
-    tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "llm"}, headers=headers).json()
-    key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "sdk"},
-                     headers=headers).json()["key"]
-    graph.key = key
-    graph.client = openai.OpenAI(base_url=graph.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
-    yield graph
-    graph.stop()
-    proxy.shutdown()
-    server.terminate()
-    server.wait()
+    proxy = graph = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(llama + "/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_proxy(llama))
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        admin = bootstrap_key(database_url)
+        graph = launch("upstream.yaml", tmp, env={
+            "SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_TEST_LLAMA_URL": llama,
+            "SCAIGRID_TEST_PROXY_URL": f"http://127.0.0.1:{proxy.server_port}",
+            "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+        headers = {"Authorization": f"Bearer {admin}"}
+        tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "llm"}, headers=headers).json()
+        graph.key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "sdk"},
+                               headers=headers).json()["key"]
+        graph.client = openai.OpenAI(base_url=graph.base_url + "/v1", api_key=graph.key, max_retries=0, timeout=60)
+        yield graph
+    finally:  # the llama server is ours to stop, whatever failed on the way
+        if graph is not None:
+            graph.stop()
+        if proxy is not None:
+            proxy.shutdown()
+        server.terminate()
+        server.wait()
 
 
 @pytest.fixture(autouse=True)
