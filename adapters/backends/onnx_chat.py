@@ -13,8 +13,8 @@ one session serves concurrent generations (each has its own cache). Serving need
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -143,7 +143,7 @@ class Generation:
     """One completion, iterated as text deltas. Attributes after the end: finish_reason ('stop' when an end token or
     a stop string ended it, 'length' when max_tokens or the context did), token_ids, text, usage."""
 
-    def __init__(self, model: "OnnxChatModel", prompt_ids: list[int], max_tokens: int | None,
+    def __init__(self, model: OnnxChatModel, prompt_ids: list[int], max_tokens: int | None,
                  temperature: float, top_p: float, stop: list[str] | None, seed: int | None):
         room = model.context_length - len(prompt_ids)
         if not prompt_ids:
@@ -174,7 +174,7 @@ class Generation:
         """Stop early (the client left); finish_reason stays None, usage counts what was made."""
         self._steps.close()
 
-    def run(self) -> "Generation":
+    def run(self) -> Generation:
         """Generate to the end (no streaming); returns self."""
         for _ in self:
             pass
@@ -322,7 +322,7 @@ class OnnxChatModel:
         cache.length = total
         return outputs[0].numpy()[0, -1]
 
-    def next_token_agreement(self, other: "OnnxChatModel", ids: list[int], start: int) -> float:
+    def next_token_agreement(self, other: OnnxChatModel, ids: list[int], start: int) -> float:
         """Share of positions in ids[start:] where both models' greedy next token is the same (teacher forced)."""
         mine, theirs = self.new_cache(len(ids)), other.new_cache(len(ids))
         a, b = self.forward(mine, ids[:start]), other.forward(theirs, ids[:start])

@@ -20,9 +20,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import manifest
 from .manifest import models_dir
@@ -44,8 +44,8 @@ class ExportExtraMissing(RuntimeError):
         super().__init__(
             f"building the local models needs the 'export' extra (missing: {', '.join(missing)}). Install it with\n"
             "    pip install 'scaigrid[export]'        (from a checkout: pip install -e '.[export]')\n"
-            "It brings torch 2.13 (CPU), transformers 4.57, optimum-onnx, gguf and accelerate; serving needs none "
-            "of them.")
+            "It brings torch 2.13 (the CPU build is enough), transformers 4.57, optimum-onnx, gguf and accelerate; "
+            "serving needs none of them.")
 
 
 @dataclass(frozen=True)
@@ -313,12 +313,10 @@ def _prepare_locked(ids: list[str], root: Path, force: bool, progress: bool, log
         staging.mkdir(parents=True)
         with tqdm(total=_STEPS[model_id], desc=model_id, unit="step", disable=not progress,
                   file=sys.stderr) as bar:
-            started_steps = []
-
-            def step(what: str) -> None:
-                if started_steps:  # the previous step is done
+            def step(what: str, bar=bar, begun=[]) -> None:  # noqa: B006 - one list per model's bar
+                if begun:  # the previous step is done
                     bar.update(1)
-                started_steps.append(what)
+                begun.append(what)
                 bar.set_postfix_str(what)
             try:
                 info = BUILDERS[model_id](staging, root, step)

