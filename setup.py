@@ -54,6 +54,9 @@ setup(
             "accelerate>=1.0",
             "onnx-ir>=1.0,<2",  # onnxruntime-genai's model builder (run from its wheel's files, never installed)
         ],
+        # what bench/generation.py and bench/embeddings.py compare against (CPU hosts: onnxruntime-genai brings the
+        # CPU onnxruntime); llama-cpp-python comes from the wheel ./dev.sh builds once
+        "bench": ["sentence-transformers>=3", "onnxruntime-genai>=0.11"],
         "dev": [
             "pytest>=8,<9.2",  # schemathesis 4 from_fixture breaks on pytest 9.2
             "schemathesis>=4.30,<5",
