@@ -31,8 +31,7 @@ from scaigrid.runtime.service import after_queue
 from scaigrid.runtime.testing import SCAIGRID, Vhost
 
 PG_ADMIN = os.environ.get("SCAIGRID_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# a graph whose routes hand accounting.record their envelopes (graph.yaml gains such routes with inference)
-GRAPH = Path(__file__).resolve().parents[1] / "tests" / "graphs" / "accounting.yaml"
+GRAPH = Path(__file__).resolve().parents[1] / "graph.yaml"  # its chat routes hand accounting.record the envelopes
 
 
 def envelope(i: int, tenants: list[str], keys: list[str]) -> dict:
