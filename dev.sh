@@ -179,6 +179,7 @@ ensure_database() {
 
 cmd_services() {
     start_postgres
+    "$ROOT/scripts/pgvector.sh" || die "pgvector set-up failed (see above)"
     start_redis
     start_rabbitmq
     ensure_database

@@ -2,9 +2,15 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import scaigrid.adapters.vector.models  # noqa: F401  (its tables join Base.metadata)
 from scaigrid.adapters.sql.models import Base
 
 config = context.config
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Per-collection vector partitions (vector_chunks_<id>) are made at run time, not by migrations."""
+    return not (name or "").startswith("vector_chunks_")
 
 
 def run() -> None:
@@ -16,7 +22,7 @@ def run() -> None:
         return
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata)
+        context.configure(connection=connection, target_metadata=Base.metadata, include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
 
