@@ -39,6 +39,7 @@ setup(
         "tokenizers>=0.20",  # local models: serving needs onnxruntime (cpu/gpu extra) + tokenizers + numpy
         "numpy>=1.24",
         "tqdm>=4.60",  # scaigrid models prepare: progress bars
+        "pypdf>=4", "beautifulsoup4>=4.12", "markdown-it-py>=3",  # RAG ingestion: PDF, HTML, Markdown to text
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
