@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
+from eventlet.event import Event
 from kombu import Connection
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
@@ -149,6 +150,9 @@ class Executor(DependencyProvider):
         self.after_publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True,
                                          delivery_mode=2, declare=after_queues)
         self.remote = None
+        # nameko starts a container's extensions concurrently: the web server may take a request before this
+        # start() is done, so workers wait for it instead of finding no runner
+        self._started = Event()
 
     def start(self):
         self.remote = RemoteCaller(self.container.config, self.reply_listener)
@@ -156,10 +160,13 @@ class Executor(DependencyProvider):
             host.start()
         self.runner = RouteRunner(self.graph, self.remote, self.hosts, self.after_publisher,
                                   self.container.config[AMQP_URI_CONFIG_KEY])
+        self._started.send(True)
 
     def stop(self):
         for host in self.hosts.values():
             host.stop()
 
     def get_dependency(self, worker_ctx):
+        if not self._started.ready():
+            self._started.wait()
         return self.runner

@@ -66,6 +66,8 @@ class ChunkListener(DependencyProvider):
         self.streams: dict[str, LightQueue] = {}
         self._ready = Event()
         self._stopped = False
+        self._cancel = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER,
+                                 declare=[CANCEL_EXCHANGE])
 
     def start(self):
         queue = Queue(self.queue_name, exclusive=True, auto_delete=True, durable=False)
@@ -74,12 +76,13 @@ class ChunkListener(DependencyProvider):
             lambda: _consume_forever(amqp_uri, queue, self._on_chunk, self._ready, lambda: self._stopped))
         with eventlet.Timeout(10):
             self._ready.wait()
-        self._cancel = Publisher(amqp_uri, serializer=SERIALIZER, declare=[CANCEL_EXCHANGE])
 
     def stop(self):
         self._stopped = True
 
     def get_dependency(self, worker_ctx):
+        if not self._ready.ready():  # extensions start concurrently: no stream before the chunk queue exists
+            self._ready.wait()
         return self
 
     def _on_chunk(self, body, message):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -129,3 +130,29 @@ def test_store_a_function_needs_is_checked_first():
     assert result.stderr.strip().splitlines() == [
         "scaigrid: cannot reach redis at redis://:***@127.0.0.1:1/0 (Error 111 connecting to 127.0.0.1:1. "
         "Connection refused.); start it or point SCAIGRID_REDIS_URL at it"]
+
+
+def test_requests_during_start_up_wait_instead_of_crashing_the_replica(tmp_path, database_url):
+    """The web server starts alongside the other extensions; a request that lands before the executor is ready
+    must wait for it, not kill the replica (seen under CI load: a reset connection and a restarted gateway)."""
+    from scaigrid.runtime.testing import GraphProcess
+
+    # auth and accounting inline: the gateway's executor has real stores to connect before it is ready
+    graph = GraphProcess(Path(__file__).parent / "graphs" / "accounting.yaml", tmp_path,
+                         env={"SCAIGRID_DATABASE_URL": database_url})
+    statuses = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and 200 not in statuses[-20:]:
+            try:
+                with httpx.Client() as client:
+                    statuses.append(client.get(graph.base_url + "/healthz", timeout=30).status_code)
+            except httpx.ConnectError:
+                time.sleep(0.005)  # not listening yet
+        for _ in range(20):
+            with httpx.Client() as client:
+                statuses.append(client.get(graph.base_url + "/healthz", timeout=30).status_code)
+        assert set(statuses) == {200}, statuses
+        assert not [d for d in graph.log_lines() if d.get("msg") == "replica exited; restarting"]
+    finally:
+        graph.stop()
