@@ -50,7 +50,7 @@ class Plugins:
     name = "plugins"
     stores = ("postgres", "redis")
     store = PluginStore()
-    _parsed: dict = {}  # (plugin id, updated_at) -> (plugin object, validated config)
+    _parsed: dict = {}  # plugin id -> (updated_at, plugin object, validated config): one entry per plugin
 
     def _chain(self, envelope: dict, phase: str) -> list:
         tenant = envelope.get("tenant")
@@ -58,15 +58,16 @@ class Plugins:
             return []
         out = []
         for row in self.store.chain(tenant):
-            key = (row["id"], row["updated_at"])
-            parsed = Plugins._parsed.get(key)
-            if parsed is None:
+            cached = Plugins._parsed.get(row["id"])
+            if cached is None or cached[0] != row["updated_at"]:
                 kind = kinds().get(row["kind"])
                 if kind is None:  # uninstalled since it was configured: skip, loudly in the kinds list
                     continue
-                parsed = Plugins._parsed[key] = (kind(), kind.Config.model_validate(row["config"]))
-            if phase in parsed[0].phases:
-                out.append((row["id"], *parsed))
+                cached = Plugins._parsed[row["id"]] = (row["updated_at"], kind(),
+                                                       kind.Config.model_validate(row["config"]))
+            _, plugin, config = cached
+            if phase in plugin.phases:
+                out.append((row["id"], plugin, config))
         return out
 
     def _run(self, envelope: dict, phase: str, request: dict, response=None, final: bool = False):

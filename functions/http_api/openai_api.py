@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
-from scaigrid.runtime.errors import BadRequest, StepError
+from scaigrid.runtime.errors import BadRequest
 
 from .json_route import JsonRoute, sse
 from .openai_schemas import BODIES
-from .responses import json_response
 
 
 class OpenAIRoute(JsonRoute):
@@ -30,11 +29,7 @@ class OpenAIRoute(JsonRoute):
                 param = ".".join(str(p) for p in first["loc"])
                 code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
                 raise BadRequest(f"'{param}': {first['msg']}", code=code, param=param) from None
-            parsed["model"] = parsed["body"]["model"]
-        return parsed
-
-    def render(self, envelope: dict, headers: dict) -> Response:
-        return json_response(envelope.get("response"), 200, headers)
+        return parsed  # JsonRoute.parse already put the (now validated) model where auth reads it
 
     def render_end(self, envelope: dict) -> bytes:
         body = envelope["request"].get("body") or {}
@@ -44,8 +39,5 @@ class OpenAIRoute(JsonRoute):
             tail = sse({"id": envelope["id"], "object": "chat.completion.chunk", "model": body.get("model"),
                         "created": int(envelope["context"].get("created", 0)), "choices": [], "usage": usage})
         return tail + b"data: [DONE]\n\n"
-
-    def render_stream_error(self, exc: StepError) -> bytes:
-        return sse(exc.to_openai())
 
 
