@@ -24,6 +24,7 @@ from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
 
 from .http_api import HANDLERS
+from .http_api.json_route import answer_of
 from .http_api.docs_page import docs_asset, docs_page
 from .http_api.openapi import document as openapi_document
 from .http_api.responses import error_response, json_response
@@ -187,7 +188,7 @@ class Gateway:
                         done = value
                         expected = value["context"]["stream"].get("sent", 0)
                         if expected == 0 and received == 0 and value.get("response") is not None:
-                            yield handler.render_chunk(value["response"])  # answered without streaming
+                            yield handler.render_chunk(answer_of(value))  # answered without streaming
                     else:
                         yield handler.render_stream_error(value)
                         finished = True

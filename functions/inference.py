@@ -125,6 +125,37 @@ class Inference:
         envelope["response"], envelope["usage"] = answer, usage_of(answer)
         return envelope
 
+    # for other functions (graph.yaml `calls:`), not routes: plain arguments, compact answers -----------------
+    @rpc
+    def embed(self, model: str, texts: list[str]) -> dict:
+        """Vectors for `texts` as one little-endian float32 buffer (n x dimensions): msgpack carries bytes as
+        they are, where a list of 384 floats per text costs more to encode than the model takes to run."""
+        spec = self._spec({"request": {"model": model}}, "embedding")
+        if not texts:
+            raise BadRequest("nothing to embed", param="input")
+        if spec.get("backend") in LOCAL_BACKENDS:
+            vectors, counts = self.local.embed(spec["id"], list(texts))
+            matrix, tokens = np.asarray(vectors, "<f4"), sum(counts)
+        else:
+            answer = self._upstream(spec).call("/embeddings", {"model": model, "input": list(texts)})
+            rows = sorted(answer["data"], key=lambda d: d["index"])
+            matrix, tokens = np.asarray([r["embedding"] for r in rows], "<f4"), usage_of(answer)["total_tokens"]
+        return {"model": spec["id"], "count": matrix.shape[0], "dimensions": matrix.shape[1],
+                "vectors": matrix.tobytes(), "tokens": tokens}
+
+    @rpc
+    def embedding_model(self, model: str) -> dict:
+        """What a caller needs to chunk for this embedding model: its width, its window and, for a local model,
+        its tokenizer (tokenizer.json's text; None for an upstream, whose tokenizer is not ours to know)."""
+        spec = self._spec({"request": {"model": model}}, "embedding")
+        if spec.get("backend") in LOCAL_BACKENDS:
+            loaded = self.local.load(spec["id"])
+            return {"model": spec["id"], "dimensions": loaded.dimensions, "max_tokens": loaded.max_length,
+                    "tokenizer": loaded.tokenizer.to_str()}
+        dimensions = spec.get("dimensions") or self.embed(model, ["dimensions probe"])["dimensions"]
+        return {"model": spec["id"], "dimensions": int(dimensions),
+                "max_tokens": int(spec.get("context_length") or 8191), "tokenizer": None}
+
     def _local(self, envelope: dict, spec: dict, body: dict, chat: bool) -> dict:
         """A local model: OpenAI's answer or chunks, exact token counts, generation stopped when the client leaves."""
         prompt = body["messages"] if chat else body["prompt"]

@@ -57,6 +57,11 @@ class NotFound(StepError):
 
 
 @_typed
+class PayloadTooLarge(StepError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+@_typed
 class Conflict(StepError):
     status, type, code = 409, "invalid_request_error", "conflict"
 

@@ -53,6 +53,8 @@ class RouteRunner:
         started = time.perf_counter()
         try:
             for i, step in enumerate(route.step_specs()):
+                if step.when is not None and not step.applies(envelope):
+                    continue
                 envelope = self._step(route_name, i, step, envelope)
                 if envelope.get("done"):
                     break

@@ -104,6 +104,13 @@ class ChunkListener(DependencyProvider):
         self._cancel.publish({"rid": request_id}, exchange=CANCEL_EXCHANGE, routing_key="")
 
 
+def with_answer_fields(answer: dict, envelope: dict) -> dict:
+    """Top-level fields that earlier steps asked to add to the answer (`context.answer_fields`, e.g. citations): on
+    a plain answer, and on the first chunk of a stream, so a client has them before the text they qualify."""
+    fields = envelope.get("context", {}).get("answer_fields")
+    return {**answer, **fields} if fields else answer
+
+
 class StreamWriter:
     """What a step uses to stream: `send(data)` per chunk, `finish()` once; `cancelled` to check between chunks."""
 
@@ -122,6 +129,8 @@ class StreamWriter:
         """Publish one chunk now; raises StreamClosed when the client or its gateway is gone."""
         if self.cancelled:
             raise StreamClosed(f"stream {self.request_id} was cancelled by its client")
+        if self.seq == 0 and isinstance(data, dict):
+            data = with_answer_fields(data, self._envelope)
         try:
             self._sender.publisher.publish({"rid": self.request_id, "seq": self.seq, "data": data},
                                            exchange="", routing_key=self._reply_to, mandatory=True)

@@ -1,5 +1,6 @@
 """Graphs under test run as `scaigrid up` subprocesses (own vhost, own port); this process stays unpatched."""
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -60,3 +61,28 @@ def database_url():
     """A fresh PostgreSQL database for one test module (dropped afterwards)."""
     with throwaway_database() as url:
         yield url
+
+
+# FalkorDB: the Bolt server the knowledge graph is tested against (scripts/falkordb.sh) ------------------------
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "falkordb.sh"
+
+
+def falkordb(command: str, folder: Path) -> str:
+    done = subprocess.run(["bash", str(SCRIPT), command, str(folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"scripts/falkordb.sh {command} failed: {done.stderr}"
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def falkordb_folder(tmp_path_factory):
+    """The folder of this module's FalkorDB (pid, ports, log); the server is stopped at the module's end."""
+    folder = tmp_path_factory.mktemp("falkordb")
+    falkordb("start", folder)
+    yield folder
+    falkordb("stop", folder)
+
+
+@pytest.fixture(scope="module")
+def falkordb_url(falkordb_folder):
+    return falkordb("url", falkordb_folder)

@@ -9,15 +9,14 @@ collection of its own, and drops them afterwards, so it can share a server with 
 import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
+from conftest import SCRIPT, falkordb
 from scaigrid.adapters.graph.extract import COOCCURS, EntityExtractor, ModelMissing
 from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraph, KnowledgeGraphStore, driver_for, split_credentials
 from scaigrid.runtime.preflight import StoreDown
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "falkordb.sh"
 NEO4J_URL = os.environ.get("SCAIGRID_TEST_NEO4J_URL")
 BACKENDS = ["falkordb",
             pytest.param("neo4j", marks=pytest.mark.skipif(
@@ -25,26 +24,6 @@ BACKENDS = ["falkordb",
 
 
 # servers and fixtures --------------------------------------------------------------------------------------------
-
-def falkordb(command: str, folder: Path) -> str:
-    done = subprocess.run(["bash", str(SCRIPT), command, str(folder)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"scripts/falkordb.sh {command} failed: {done.stderr}"
-    return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def falkordb_folder(tmp_path_factory):
-    """The folder of this module's FalkorDB (pid, ports, log); the server is stopped at the module's end."""
-    folder = tmp_path_factory.mktemp("falkordb")
-    falkordb("start", folder)
-    yield folder
-    falkordb("stop", folder)
-
-
-@pytest.fixture(scope="module")
-def falkordb_url(falkordb_folder):
-    return falkordb("url", falkordb_folder)
-
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def graph(request) -> KnowledgeGraph:

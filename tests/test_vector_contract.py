@@ -193,6 +193,21 @@ def test_k_beyond_the_default_candidate_list(store, name):
     assert [h["chunk_id"] for h in hits[:5]] == ["c000", "c001", "c002", "c003", "c004"]
 
 
+def test_get_chunks_by_id(store, name):
+    """What the knowledge graph's expansion uses: chunks by id, in the order asked, filtered, unknown ids left out."""
+    store.ensure_collection("acme", name, DIM)
+    store.upsert("acme", name, [chunk(f"c{i}", "d0", f"text {i}", unit(40 + i), lang="en" if i % 2 else "de")
+                                for i in range(5)])
+    hits = store.get_chunks("acme", name, ["c3", "nope", "c0", "c3"])
+    assert [(h["chunk_id"], h["document_id"], h["text"], h["score"]) for h in hits] == [
+        ("c3", "d0", "text 3", 0.0), ("c0", "d0", "text 0", 0.0)]
+    assert [h["chunk_id"] for h in store.get_chunks("acme", name, ["c0", "c1", "c3"], filters={"lang": "en"})] == \
+        ["c1", "c3"]
+    assert store.get_chunks("acme", name, []) == []
+    with pytest.raises(CollectionNotFound):
+        store.get_chunks("acme", name + "-none", ["c0"])
+
+
 def test_delete_document(store, name):
     store.ensure_collection("acme", name, DIM)
     q = unit(6)
@@ -239,6 +254,9 @@ def test_tenants_never_see_each_other(store, name):
         store.search_vector("globex", name + "-private", q.tolist())
     with pytest.raises(CollectionNotFound):
         store.search_keyword("globex", name + "-private", "private plans")
+    with pytest.raises(CollectionNotFound):
+        store.get_chunks("globex", name + "-private", ["p1"])
+    assert owners(store.get_chunks("globex", name, ["c0", "c1", "c2", "c3"])) == {"globex"}
     # write and delete: never into or out of the other tenant
     with pytest.raises(CollectionNotFound):
         store.upsert("globex", name + "-private", [chunk("p1", "d0", "overwritten", q)])

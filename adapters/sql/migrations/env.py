@@ -2,7 +2,8 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import scaigrid.adapters.vector.models  # noqa: F401  (its tables join Base.metadata)
+import scaigrid.adapters.sql.rag_models  # noqa: F401  (its tables join Base.metadata)
+import scaigrid.adapters.vector.models  # noqa: F401
 from scaigrid.adapters.sql.models import Base
 
 config = context.config

@@ -1,0 +1,273 @@
+"""The RAG function: collections and documents per tenant (native API), ingestion jobs, hybrid search with the
+knowledge graph, and `rag.augment`, the chat step that puts retrieved context into the prompt and cites it.
+
+Embeddings come from the inference function (graph.yaml `calls: [inference.embed, inference.embedding_model]`), so
+one registry serves chat, `/v1/embeddings` and RAG. Ingestion jobs run in their own function (functions/ingest.py),
+so that a burst of uploads scales, and queues, apart from the searches chat requests wait on. Vectors live in the configured VectorStore (pgvector by
+default), entities in the knowledge graph (Neo4j, when `SCAIGRID_NEO4J_URL` is set), rows in PostgreSQL.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+
+from eventlet import tpool
+from nameko.rpc import rpc
+
+from scaigrid.adapters.documents.extract import UnsupportedDocument, extract_text
+from scaigrid.adapters.graph.extract import Extractor
+from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraphStore
+from scaigrid.adapters.sql.rag_store import NameTaken, RagStore
+from scaigrid.adapters.vector.base import VectorStoreError
+from scaigrid.adapters.vector.provider import VectorStores
+from scaigrid.runtime.dependencies import FunctionConfig
+from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
+from scaigrid.runtime.executor import Executor
+
+from .access import MEMBER, list_page, page_args, principal_of
+from .embedding_client import embed
+from .rag_context import citations_of, inject_context, last_user_text
+from .retrieval import Retriever
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+DEFAULTS = {"embedding_model": DEFAULT_MODEL, "chunk_size": 200, "chunk_overlap": 40, "max_context_chars": 6000}
+SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or <s> </s>): the model's window holds the chunk plus these
+
+
+def collection_not_found(ref: str, param: str | None = None) -> NotFound:
+    # another tenant's collection looks exactly like one that does not exist
+    return NotFound(f"no collection '{ref}'", code="collection_not_found", param=param)
+
+
+class Rag:
+    name = "rag"
+    stores = ("postgres",)
+    config = FunctionConfig()
+    docs = RagStore()
+    vectors = VectorStores()
+    graph = KnowledgeGraphStore(required=False)
+    extractor = Extractor()
+    calls = Executor()
+
+    def _setting(self, name: str):
+        return self.config.get(name, DEFAULTS.get(name))
+
+    def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        return embed(self.calls, model, texts)
+
+    def _retriever(self, model: str) -> Retriever:
+        return Retriever(self.vectors, lambda text: self._embed(model, [text])[0][0], self.graph,
+                         self.extractor.query_entities)
+
+    def _collection(self, envelope: dict, param: str | None = None) -> tuple[str, dict]:
+        tenant = principal_of(envelope)["tenant_id"]
+        ref = envelope["request"]["path"]["collection_id"]
+        found = self.docs.get_collection(tenant, ref)
+        if found is None:
+            raise collection_not_found(ref, param)
+        return tenant, found
+
+    # collections --------------------------------------------------------------------------------------------
+    @rpc
+    def create_collection(self, envelope: dict) -> dict:
+        """POST /api/v1/collections — tenant admin. The embedding model is fixed for the collection's life."""
+        principal = principal_of(envelope)
+        if principal["role"] == MEMBER:
+            raise Forbidden("only a tenant admin may create collections", code="tenant_admin_only")
+        body = envelope["request"]["body"]
+        model = body.get("embedding_model") or self._setting("embedding_model")
+        if principal.get("models") is not None and model not in principal["models"]:
+            raise Forbidden(f"this API key may not use model '{model}'", code="model_not_allowed",
+                            param="embedding_model")
+        info = self.calls.call("inference.embedding_model", model)
+        size = body.get("chunk_size") or min(self._setting("chunk_size"), info["max_tokens"] - SPECIAL_TOKENS)
+        overlap = body.get("chunk_overlap")
+        overlap = min(self._setting("chunk_overlap"), size // 4) if overlap is None else overlap
+        if size > info["max_tokens"] - SPECIAL_TOKENS:
+            raise BadRequest(f"chunk_size {size} does not fit '{model}', which reads at most {info['max_tokens']} "
+                             f"tokens; use {info['max_tokens'] - SPECIAL_TOKENS} or less", param="chunk_size")
+        if overlap >= size:
+            raise BadRequest("chunk_overlap must be smaller than chunk_size", param="chunk_overlap")
+        if body.get("knowledge_graph") and self.graph is None:
+            raise BadRequest("this deployment has no knowledge graph: set SCAIGRID_NEO4J_URL for the rag function "
+                             "(docs/rag.md), or create the collection without knowledge_graph",
+                             code="knowledge_graph_unavailable", param="knowledge_graph")
+        fields = {"name": body["name"], "description": body.get("description") or "", "embedding_model": model,
+                  "dimensions": info["dimensions"], "chunk_size": size, "chunk_overlap": overlap,
+                  "knowledge_graph": bool(body.get("knowledge_graph")),
+                  "vector_store": self.config.get("vector_store", "pgvector")}
+        try:
+            envelope["response"] = self.docs.create_collection(principal["tenant_id"], fields)
+        except NameTaken as exc:
+            raise Conflict(str(exc), code="collection_exists", param="name") from None
+        self.vectors.ensure_collection(principal["tenant_id"], envelope["response"]["id"], info["dimensions"])
+        return envelope
+
+    @rpc
+    def list_collections(self, envelope: dict) -> dict:
+        """GET /api/v1/collections — the caller's tenant's."""
+        tenant = principal_of(envelope)["tenant_id"]
+        envelope["response"] = list_page(*self.docs.list_collections(tenant, *page_args(envelope)))
+        return envelope
+
+    @rpc
+    def get_collection(self, envelope: dict) -> dict:
+        """GET /api/v1/collections/{collection_id} (an id or the name)."""
+        envelope["response"] = self._collection(envelope)[1]
+        return envelope
+
+    @rpc
+    def delete_collection(self, envelope: dict) -> dict:
+        """DELETE /api/v1/collections/{collection_id} — tenant admin; chunks, graph and documents go with it."""
+        if principal_of(envelope)["role"] == MEMBER:
+            raise Forbidden("only a tenant admin may delete collections", code="tenant_admin_only")
+        tenant, found = self._collection(envelope)
+        # the stores first: should one fail, the collection is still listed and the delete can be repeated
+        self.vectors.drop_collection(tenant, found["id"])
+        if found["knowledge_graph"] and self.graph is not None:
+            self.graph.drop_collection(tenant, found["id"])
+        self.docs.delete_collection(tenant, found["id"])
+        envelope["response"] = {**found, "deleted": True}
+        return envelope
+
+    # documents ----------------------------------------------------------------------------------------------
+    @rpc
+    def add_document(self, envelope: dict) -> dict:
+        """POST /api/v1/collections/{collection_id}/documents — text is extracted now (a bad file is a 400 at once),
+        indexing runs as a job (the route's after-step `ingest.run`): 202 with the document and its job id."""
+        tenant, found = self._collection(envelope)
+        body = envelope["request"]["body"]
+        if body.get("text") is not None:
+            data = body["text"].encode()
+            content_type = body.get("content_type") or None
+        else:
+            try:
+                data = base64.b64decode(body["content_base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("content_base64 is not valid base64", param="content_base64") from None
+            content_type = body.get("content_type")
+        if body.get("text") is not None and content_type is None and "." not in body["name"]:
+            content_type = "text/plain"
+        try:
+            text = tpool.execute(extract_text, data, content_type, body["name"])
+        except UnsupportedDocument as exc:
+            raise BadRequest(str(exc), code="unsupported_document", param="content_type") from None
+        if not text.strip():
+            raise BadRequest("the document has no text to index (a scanned PDF needs OCR first)",
+                             code="empty_document")
+        kind = content_type or {"pdf": "application/pdf", "html": "text/html", "md": "text/markdown"}.get(
+            body["name"].rsplit(".", 1)[-1].lower(), "text/plain")
+        document, job = self.docs.add_document(tenant, found["id"], {
+            "name": body["name"], "content_type": kind.split(";")[0], "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "meta": body.get("metadata") or {}, "text": text})
+        # the after-step gets this envelope: it needs the job, not the upload again
+        envelope["request"]["body"] = {"name": body["name"]}
+        envelope["context"]["job_id"] = job["id"]
+        envelope["response"] = document
+        return envelope
+
+    @rpc
+    def list_documents(self, envelope: dict) -> dict:
+        """GET /api/v1/collections/{collection_id}/documents."""
+        tenant, found = self._collection(envelope)
+        envelope["response"] = list_page(*self.docs.list_documents(tenant, found["id"], *page_args(envelope)))
+        return envelope
+
+    @rpc
+    def get_document(self, envelope: dict) -> dict:
+        """GET /api/v1/collections/{collection_id}/documents/{document_id}: its status and chunk count."""
+        tenant, found = self._collection(envelope)
+        doc_id = envelope["request"]["path"]["document_id"]
+        envelope["response"] = self.docs.get_document(tenant, found["id"], doc_id)
+        if envelope["response"] is None:
+            raise NotFound(f"no document '{doc_id}' in this collection", code="document_not_found")
+        return envelope
+
+    @rpc
+    def delete_document(self, envelope: dict) -> dict:
+        """DELETE /api/v1/collections/{collection_id}/documents/{document_id}: its chunks and graph part go too; a
+        job still running for it stops at its next batch."""
+        tenant, found = self._collection(envelope)
+        doc_id = envelope["request"]["path"]["document_id"]
+        document = self.docs.delete_document(tenant, found["id"], doc_id)
+        if document is None:
+            raise NotFound(f"no document '{doc_id}' in this collection", code="document_not_found")
+        self.vectors.delete_document(tenant, found["id"], doc_id)
+        if found["knowledge_graph"] and self.graph is not None:
+            self.graph.delete_document(tenant, found["id"], doc_id)
+        envelope["response"] = {**document, "deleted": True}
+        return envelope
+
+    @rpc
+    def get_job(self, envelope: dict) -> dict:
+        """GET /api/v1/jobs/{job_id}: status, stage and progress of an ingestion."""
+        job_id = envelope["request"]["path"]["job_id"]
+        envelope["response"] = self.docs.get_job(principal_of(envelope)["tenant_id"], job_id)
+        if envelope["response"] is None:
+            raise NotFound(f"no job '{job_id}'", code="job_not_found")
+        return envelope
+
+    # retrieval ----------------------------------------------------------------------------------------------
+    def _search(self, tenant: str, collection: dict, query: str, top_k: int, mode: str | None,
+                filters: dict) -> tuple[str, list[dict]]:
+        mode = mode or ("hybrid_graph" if collection["knowledge_graph"] else "hybrid")
+        if mode == "hybrid_graph" and not collection["knowledge_graph"]:
+            raise BadRequest("mode hybrid_graph needs a collection created with knowledge_graph: true",
+                             param="mode")
+        try:
+            hits = self._retriever(collection["embedding_model"]).search(tenant, collection["id"], query, top_k,
+                                                                         mode, filters)
+        except VectorStoreError as exc:
+            raise BadRequest(str(exc)) from None
+        names = self.docs.names_of(tenant, list({h["document_id"] for h in hits}))
+        # a document deleted a moment ago may still have chunks in flight: never cite what is gone
+        return mode, [{**h, "document_name": names[h["document_id"]]} for h in hits if h["document_id"] in names]
+
+    @rpc
+    def search(self, envelope: dict) -> dict:
+        """GET /api/v1/collections/{collection_id}/search?q=... and POST .../search {query, ...}."""
+        tenant, found = self._collection(envelope)
+        body = envelope["request"].get("body") or {}
+        if not body:  # the GET form
+            query = envelope["request"]["query"]
+            try:
+                filters = json.loads(query["filters"]) if query.get("filters") else {}
+            except ValueError:
+                raise BadRequest("filters is not valid JSON", param="filters") from None
+            if not isinstance(filters, dict) or any(isinstance(v, (dict, list)) for v in filters.values()):
+                raise BadRequest('filters must be a JSON object of plain values, e.g. {"lang":"en"}',
+                                 param="filters")
+            body = {"query": query["q"], "top_k": query.get("top_k", 5), "mode": query.get("mode"),
+                    "filters": filters}
+        mode, hits = self._search(tenant, found, body["query"], int(body["top_k"]), body.get("mode"),
+                                  body.get("filters") or {})
+        envelope["response"] = {"object": "list", "mode": mode, "data": hits}
+        return envelope
+
+    @rpc
+    def augment(self, envelope: dict) -> dict:
+        """Chat step: for a request with `rag: {collections, top_k, mode?, filters?}`, retrieve from each named
+        collection, fuse, put the passages into the prompt with [n] markers and answer with `citations`.
+        graph.yaml runs it only `when: request.body.rag`, so a request without the field never gets here."""
+        body = envelope["request"]["body"]
+        spec = body.pop("rag", None)  # never forwarded: an upstream would refuse the unknown field
+        if not spec:
+            return envelope
+        tenant = principal_of(envelope)["tenant_id"]
+        query = last_user_text(body.get("messages") or [])
+        rankings = []
+        for ref in dict.fromkeys(spec["collections"]):
+            collection = self.docs.get_collection(tenant, ref)
+            if collection is None:
+                raise collection_not_found(ref, "rag.collections")
+            if query:
+                _, hits = self._search(tenant, collection, query, spec.get("top_k", 5), spec.get("mode"),
+                                       spec.get("filters") or {})
+                rankings.append([{**h, "collection_id": collection["id"]} for h in hits])
+        citations = citations_of(rankings, spec.get("top_k", 5))
+        if citations:
+            body["messages"] = inject_context(body["messages"], citations, self._setting("max_context_chars"))
+        envelope["context"].setdefault("answer_fields", {})["citations"] = citations
+        return envelope

@@ -1,0 +1,327 @@
+"""RAG end to end on the shipped graph: collections, uploads in every format, ingestion jobs, hybrid search with the
+knowledge graph (FalkorDB's Bolt listener), chat with `rag` and citations, and tenant isolation at the API.
+
+The real parts throughout: PostgreSQL + pgvector, RabbitMQ, the local ONNX embedding and chat models, spaCy's
+English model, FalkorDB. The stores' own contracts (tenant isolation inside each backend included) are in
+test_vector_contract.py and test_knowledge_graph.py.
+"""
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import bootstrap_key, launch
+from test_documents import make_pdf
+from scaigrid.adapters.backends import EMBED_MODEL, model_dir_for
+from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraph
+from scaigrid.functions.chunking import chunk_text
+from scaigrid.runtime.testing import SCAIGRID
+
+REPO = Path(__file__).resolve().parents[1]
+CHAT = "smollm2-135m-instruct"
+
+CURIE = ("Marie Curie was a physicist who worked in Paris. In 1895 Marie Curie married Pierre Curie at the town hall "
+         "of Sceaux.")
+PIERRE = "Pierre Curie studied piezoelectricity with his brother Jacques Curie before he met anyone famous."
+ZEPHYR = ("# Project Zephyr\n\nThe access code of Project Zephyr is 4417. Only the night shift may use the access "
+          "code.\n")
+TEA = "<html><body><h1>Tea</h1><p>Green tea is steamed quickly after picking to stop oxidation.</p></body></html>"
+
+
+class Api:
+    """One key's view of the native API."""
+
+    def __init__(self, base: str, key: str):
+        self.http = httpx.Client(base_url=base + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        self.key = key
+
+    def __getattr__(self, method):
+        return getattr(self.http, method)
+
+    def collection(self, name: str, **fields) -> dict:
+        r = self.http.post("/collections", json={"name": name, **fields})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def upload(self, cid: str, name: str, text: str, **fields) -> dict:
+        r = self.http.post(f"/collections/{cid}/documents", json={"name": name, "text": text, **fields})
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.http.get(f"/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)
+
+    def search(self, cid: str, query: str, **fields) -> list[dict]:
+        r = self.http.post(f"/collections/{cid}/search", json={"query": query, **fields})
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+
+@pytest.fixture(scope="module")
+def product(database_url, falkordb_url, tmp_path_factory):
+    subprocess.run([*SCAIGRID, "models", "prepare"], check=True, timeout=3600)
+    admin_key = bootstrap_key(database_url)
+    graph = launch(REPO / "graph.yaml", tmp_path_factory.mktemp("rag"),
+                   env={"SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_NEO4J_URL": falkordb_url})
+    admin = Api(graph.base_url, admin_key)
+    for tenant in ("acme", "globex"):
+        t = admin.post("/tenants", json={"name": tenant}).json()
+        for role in ("tenant-admin", "member"):
+            key = admin.post(f"/tenants/{t['id']}/keys", json={"name": role, "role": role}).json()["key"]
+            setattr(graph, f"{tenant}_{role.split('-')[0]}", Api(graph.base_url, key))
+    graph.kg = KnowledgeGraph(falkordb_url)
+    yield graph
+    graph.kg.close()
+    graph.stop()
+
+
+@pytest.fixture(scope="module")
+def library(product):
+    """acme's collection with a knowledge graph and four documents, one per format, indexed."""
+    api = product.acme_tenant
+    c = api.collection("library", knowledge_graph=True, description="mixed formats")
+    docs = [api.upload(c["id"], "curie.txt", CURIE, metadata={"topic": "science"}),
+            api.upload(c["id"], "pierre.txt", PIERRE, metadata={"topic": "science"}),
+            api.upload(c["id"], "zephyr.md", ZEPHYR, metadata={"topic": "security"})]
+    pdf = make_pdf(["Basalt is a dark volcanic rock.", "It cools quickly from lava."])
+    r = api.post(f"/collections/{c['id']}/documents", files={"file": ("basalt.pdf", pdf, "application/pdf")},
+                 data={"metadata": '{"topic": "geology"}'})
+    assert r.status_code == 202, r.text
+    docs.append(r.json())
+    docs.append(api.upload(c["id"], "tea.html", TEA, content_type="text/html", metadata={"topic": "food"}))
+    for d in docs:
+        assert api.wait(d["job_id"])["status"] == "succeeded"
+    c["docs"] = {d["name"]: d for d in docs}
+    return c
+
+
+# collections ----------------------------------------------------------------------------------------------------
+
+def test_collections_lifecycle(product):
+    api = product.acme_tenant
+    c = api.collection("notes")
+    assert (c["embedding_model"], c["dimensions"], c["chunk_size"], c["chunk_overlap"], c["vector_store"]) == \
+        ("all-minilm-l6-v2", 384, 200, 40, "pgvector")
+    assert api.post("/collections", json={"name": "notes"}).json()["error"]["code"] == "collection_exists"
+    assert api.get(f"/collections/{c['id']}").json()["name"] == "notes"
+    assert api.get("/collections/notes").json()["id"] == c["id"]  # by name too
+    assert "notes" in [x["name"] for x in api.get("/collections").json()["data"]]
+    r = api.post("/collections", json={"name": "big", "chunk_size": 4000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chunk_size"
+    assert "256" in r.json()["error"]["message"]  # MiniLM's window, and what to use instead
+    r = api.post("/collections", json={"name": "x", "embedding_model": "nope"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = api.post("/collections", json={"name": "x", "embedding_model": CHAT})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_model_kind"
+    r = api.post("/collections", json={"name": "", "bogus": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] in ("name", "bogus")
+    assert product.acme_member.post("/collections", json={"name": "m"}).status_code == 403
+    assert product.acme_member.delete(f"/collections/{c['id']}").status_code == 403
+    gone = api.delete(f"/collections/{c['id']}")
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    assert api.get(f"/collections/{c['id']}").status_code == 404
+
+
+# documents and ingestion ----------------------------------------------------------------------------------------
+
+def test_every_format_is_indexed_with_its_job(product, library):
+    api = product.acme_tenant
+    listed = {d["name"]: d for d in api.get(f"/collections/{library['id']}/documents").json()["data"]}
+    assert set(listed) == {"curie.txt", "pierre.txt", "zephyr.md", "basalt.pdf", "tea.html"}
+    assert {d["content_type"] for d in listed.values()} == {"text/plain", "text/markdown", "application/pdf",
+                                                            "text/html"}
+    for d in listed.values():
+        assert d["status"] == "ready" and d["chunks"] >= 1, d
+        job = api.get(f"/jobs/{d['job_id']}").json()
+        assert (job["status"], job["stage"], job["progress"]) == ("succeeded", "done", 1.0)
+        assert job["chunks_done"] == job["chunks_total"] == d["chunks"] and job["tokens"] > 0
+    pdf_hits = api.search(library["id"], "volcanic rock", mode="keyword")
+    assert pdf_hits[0]["document_name"] == "basalt.pdf" and "lava" in pdf_hits[0]["text"]
+    html = api.search(library["id"], "steamed oxidation", mode="keyword")[0]
+    assert html["document_name"] == "tea.html" and "<p>" not in html["text"]
+    assert api.get(f"/collections/{library['id']}").json()["documents"] == 5
+
+
+def test_chunks_are_token_windows_with_overlap(product):
+    api = product.acme_tenant
+    c = api.collection("windows", chunk_size=32, chunk_overlap=8)
+    text = " ".join(f"Sentence number {i} talks about item {i * 7} in the warehouse." for i in range(60))
+    doc = api.upload(c["id"], "long.txt", text)
+    job = api.wait(doc["job_id"])
+    tokenizer = Tokenizer.from_file(str(model_dir_for(EMBED_MODEL) / "tokenizer.json"))
+    expected = chunk_text(text, tokenizer, 32, 8)
+    assert job["status"] == "succeeded" and job["chunks_total"] == len(expected) > 10
+    hits = api.search(c["id"], "warehouse item", top_k=100, mode="keyword")
+    assert sorted(h["text"] for h in hits) == sorted(x.text for x in expected)
+    first, second = expected[0], expected[1]
+    assert second.start < first.end  # neighbours share text: the overlap
+
+
+def test_bad_uploads_are_refused_and_store_nothing(product, library):
+    api, cid = product.acme_tenant, library["id"]
+    before = len(api.get(f"/collections/{cid}/documents").json()["data"])
+    cases = [({"name": "a.docx", "content_base64": "UEsDBA=="}, "unsupported_document"),
+             ({"name": "b.pdf", "content_base64": "bm90IGEgcGRm"}, "unsupported_document"),
+             ({"name": "c.txt", "content_base64": "%%%"}, None),
+             ({"name": "d.txt", "text": "x", "content_base64": "eA=="}, None),
+             ({"name": "e.txt", "text": "   \n  "}, "empty_document"),
+             ({"name": "f.txt", "text": "x", "metadata": {"nested": {"no": 1}}}, None)]
+    for body, code in cases:
+        r = api.post(f"/collections/{cid}/documents", json=body)
+        assert r.status_code == 400, (body, r.text)
+        if code:
+            assert r.json()["error"]["code"] == code, r.text
+    r = api.post(f"/collections/{cid}/documents", files={"nofile": ("x.txt", b"x")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    assert len(api.get(f"/collections/{cid}/documents").json()["data"]) == before
+
+
+def test_delete_document_removes_its_chunks_and_graph(product):
+    api = product.acme_tenant
+    c = api.collection("deletions", knowledge_graph=True)
+    keep = api.upload(c["id"], "keep.txt", "Ada Lovelace wrote about the Analytical Engine in London.")
+    drop = api.upload(c["id"], "drop.txt", "Charles Babbage designed the Difference Engine in London.")
+    assert api.wait(keep["job_id"])["status"] == api.wait(drop["job_id"])["status"] == "succeeded"
+    assert api.delete(f"/collections/{c['id']}/documents/{drop['id']}").json()["deleted"] is True
+    assert api.get(f"/collections/{c['id']}/documents/{drop['id']}").status_code == 404
+    names = {h["document_name"] for h in api.search(c["id"], "Babbage Difference Engine London", top_k=10)}
+    assert names == {"keep.txt"}
+    tenant = api.get("/me").json()["tenant"]["id"]
+    assert product.kg.entities_of(tenant, c["id"], drop["id"]) == []
+    assert "Ada Lovelace" in {e["name"] for e in product.kg.entities_of(tenant, c["id"], keep["id"])}
+    api.delete(f"/collections/{c['id']}")
+    assert product.kg.counts(tenant, c["id"])["Chunk"] == 0
+
+
+# retrieval --------------------------------------------------------------------------------------------------------
+
+def test_search_modes_and_filters(product, library):
+    api, cid = product.acme_tenant, library["id"]
+    vector = api.search(cid, "Which rock forms when lava cools down?", mode="vector", top_k=3)
+    assert vector[0]["document_name"] == "basalt.pdf" and vector[0]["sources"] == ["vector"]
+    keyword = api.search(cid, "4417", mode="keyword")
+    assert [h["document_name"] for h in keyword] == ["zephyr.md"]
+    hybrid = api.search(cid, "access code of Zephyr", mode="hybrid", top_k=3)
+    assert hybrid[0]["document_name"] == "zephyr.md" and set(hybrid[0]["sources"]) == {"vector", "keyword"}
+    science = api.search(cid, "access code of Zephyr", top_k=10, filters={"topic": "science"})
+    assert science and {h["metadata"]["topic"] for h in science} == {"science"}
+    got = api.get(f"/collections/{cid}/search", params={"q": "volcanic", "mode": "keyword",
+                                                        "filters": '{"topic": "geology"}'}).json()
+    assert got["mode"] == "keyword" and [h["document_name"] for h in got["data"]] == ["basalt.pdf"]
+    r = api.get(f"/collections/{cid}/search", params={"q": "x", "mode": "psychic"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+    r = api.get(f"/collections/{cid}/search", params={"q": "x", "filters": "{not json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "filters"
+
+
+def test_graph_expansion_brings_related_chunks(product, library):
+    """'Marie Curie' is in curie.txt only; pierre.txt mentions Pierre Curie, whom curie.txt relates to her. Keyword
+    search cannot reach pierre.txt from this question, the graph does, and fusion keeps it."""
+    api, cid = product.acme_tenant, library["id"]
+    question = "What did Marie Curie's family study?"
+    keyword = {h["document_name"] for h in api.search(cid, question, mode="keyword", top_k=10)}
+    graph = api.search(cid, question, mode="hybrid_graph", top_k=5)
+    by_name = {h["document_name"]: h for h in graph}
+    assert "pierre.txt" in by_name and "graph" in by_name["pierre.txt"]["sources"]
+    assert "pierre.txt" not in keyword or "graph" in by_name["pierre.txt"]["sources"]
+    assert api.search(cid, question, top_k=5)[0]["sources"]  # default mode here: hybrid_graph
+    plain = api.collection("plain")
+    r = api.post(f"/collections/{plain['id']}/search", json={"query": "x", "mode": "hybrid_graph"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+
+
+# chat -------------------------------------------------------------------------------------------------------------
+
+def chat_client(api: Api, base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url + "/v1", api_key=api.key, max_retries=0, timeout=120)
+
+
+def test_chat_with_rag_cites_its_sources(product, library):
+    client = chat_client(product.acme_member, product.base_url)  # members may ask; they need not manage
+    ask = [{"role": "user", "content": "What is the access code of Project Zephyr?"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, messages=ask, max_tokens=24, temperature=0,
+        extra_body={"rag": {"collections": ["library"], "top_k": 3}})
+    answer = raw.parse()
+    citations = answer.model_extra["citations"]
+    assert [c["index"] for c in citations] == [1, 2, 3]
+    assert citations[0]["document"] == "zephyr.md" and citations[0]["collection_id"] == library["id"]
+    assert citations[0]["document_id"] == library["docs"]["zephyr.md"]["id"]
+    assert citations[0]["chunk_id"].startswith(citations[0]["document_id"] + ":") and citations[0]["score"] > 0
+    assert "4417" in answer.choices[0].message.content  # the model read the injected source
+    assert "rag.augment" in raw.headers["server-timing"]
+    plain = client.chat.completions.create(model=CHAT, messages=ask, max_tokens=24, temperature=0)
+    assert "4417" not in plain.choices[0].message.content
+    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the context is in the prompt
+
+
+def test_streamed_chat_carries_citations_first(product, library):
+    client = chat_client(product.acme_member, product.base_url)
+    stream = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Tell me about basalt."}], max_tokens=8, temperature=0,
+        stream=True, extra_body={"rag": {"collections": [library["id"]], "top_k": 2, "filters": {"topic": "geology"}}})
+    chunks = list(stream)
+    assert [c["document"] for c in chunks[0].model_extra["citations"]] == ["basalt.pdf"]
+    assert all("citations" not in (c.model_extra or {}) for c in chunks[1:])
+
+
+def test_requests_without_rag_skip_the_step(product):
+    r = httpx.post(product.base_url + "/v1/chat/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {product.acme_member.key}"},
+                   json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert r.status_code == 200 and "citations" not in r.json()
+    steps = re.findall(r'desc="([^"]+)"', r.headers["server-timing"])
+    assert "rag.augment" not in steps and "inference.chat" in steps
+
+
+def test_bad_rag_fields_are_400s(product, library):
+    headers = {"Authorization": f"Bearer {product.acme_member.key}"}
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    for rag, param in (({"collections": []}, "rag.collections"), ({"collections": ["library"], "top_k": 0},
+                                                                   "rag.top_k"),
+                       ({"collections": ["nope"]}, "rag.collections"), ({"colections": ["library"]}, None)):
+        r = httpx.post(product.base_url + "/v1/chat/completions", json={**body, "rag": rag}, headers=headers,
+                       timeout=60)
+        assert r.status_code in (400, 404), r.text
+        if param:
+            assert r.json()["error"]["param"] == param, r.text
+
+
+# tenant isolation ---------------------------------------------------------------------------------------------------
+
+def test_another_tenant_can_never_reach_the_library(product, library):
+    """globex's admin knows acme's ids (they leak, say): every route answers as if they did not exist."""
+    them, cid = product.globex_tenant, library["id"]
+    doc = library["docs"]["zephyr.md"]
+    for method, path in (("GET", f"/collections/{cid}"), ("GET", "/collections/library"),
+                         ("GET", f"/collections/{cid}/documents"),
+                         ("GET", f"/collections/{cid}/documents/{doc['id']}"),
+                         ("GET", f"/collections/{cid}/search?q=4417"), ("GET", f"/jobs/{doc['job_id']}"),
+                         ("POST", f"/collections/{cid}/documents"), ("POST", f"/collections/{cid}/search"),
+                         ("DELETE", f"/collections/{cid}/documents/{doc['id']}"), ("DELETE", f"/collections/{cid}")):
+        body = {"query": "4417"} if path.endswith("search") else {"name": "x.txt", "text": "planted"}
+        r = them.request(method, path, json=body if method == "POST" else None)
+        assert r.status_code == 404, (method, path, r.text)
+    assert them.get("/collections").json()["data"] == []
+    # same name, their own collection: nothing of acme's in it
+    mine = them.collection("library")
+    assert mine["id"] != cid
+    assert them.search(mine["id"], "4417 access code Zephyr", top_k=10) == []
+    with pytest.raises(openai.NotFoundError) as refused:
+        chat_client(them, product.base_url).chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "code?"}], max_tokens=2,
+            extra_body={"rag": {"collections": [cid]}})
+    assert refused.value.body["code"] == "collection_not_found"
+    # and acme's library is as it was
+    assert product.acme_tenant.get(f"/collections/{cid}").json()["documents"] == 5
+    assert product.acme_tenant.search(cid, "4417", mode="keyword")[0]["document_name"] == "zephyr.md"
