@@ -3,6 +3,7 @@ when SCAIGRID_TEST_WEAVIATE_URL is set and adapters/vector/weaviate.py exists. V
 with chosen cosines, so no model is needed. Then pgvector's own guarantees (HNSW really used, partitions), then the
 pure rank fusion."""
 import concurrent.futures as cf
+import importlib.util
 import math
 import os
 import uuid
@@ -349,14 +350,19 @@ def test_pgvector_concurrent_ensure_collection(pg, name):
 
 
 
-def test_open_store_picks_the_backend(migrated):
+def test_open_store_picks_the_backend(migrated, monkeypatch):
     from scaigrid.adapters.vector.pgvector import PgVectorStore
     from scaigrid.adapters.vector.provider import open_store
+    from scaigrid.runtime.preflight import StoreDown
 
     store = open_store("pgvector", {"DATABASE_URL": migrated, "SCAIGRID_FUNCTION_CONFIG": {"hnsw_ef_search": 100}})
     assert isinstance(store, PgVectorStore) and store.ef_search == 100
-    with pytest.raises(NotImplementedError):
+    monkeypatch.delenv("SCAIGRID_WEAVIATE_URL", raising=False)
+    with pytest.raises(ValueError, match="SCAIGRID_WEAVIATE_URL"):
         open_store("weaviate", {})
+    if importlib.util.find_spec("weaviate"):  # the `weaviate` extra: nothing listens on ports 9 and 10
+        with pytest.raises(StoreDown, match=r"^cannot reach the vector store \(Weaviate\) at http://127.0.0.1:9"):
+            open_store("weaviate", {"SCAIGRID_FUNCTION_CONFIG": {"weaviate_url": "http://127.0.0.1:9?grpc_port=10"}})
     with pytest.raises(ValueError):
         open_store("milvus", {})
 
