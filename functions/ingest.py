@@ -97,7 +97,7 @@ class Ingestion:
 
     def _graph(self, job_id: str, tenant: str, cid: str, doc: str, chunks: list[dict]) -> None:
         self._progress(job_id, stage="graph")
-        found = tpool.execute(self.extractor.extract_many, [c["text"] for c in chunks])
+        found = self.extractor.extract_many([c["text"] for c in chunks])
         self.graph.add_document(tenant, cid, doc, [{"id": c["id"], **f} for c, f in zip(chunks, found)])
         self._progress(job_id, stage="graph")  # deleted meanwhile? then undo the graph part too
 

@@ -23,7 +23,8 @@ def as_text(graph: Graph) -> str:
         lines.append(f"  {name}  [{', '.join(route.http) or 'no http'}]  handler={route.handler}")
         for i, step in enumerate(route.step_specs(), 1):
             t = f"  timeout={step.timeout:g}s" if step.timeout else ""
-            lines.append(f"    {i}. {step.step}  ({graph.functions[step.function].placement}){t}")
+            w = f"  when {step.when}" if step.when else ""
+            lines.append(f"    {i}. {step.step}  ({graph.functions[step.function].placement}){t}{w}")
         for step in route.after_specs():
             lines.append(f"    after: {step.step}  (durable event)")
     return "\n".join(lines)
@@ -38,7 +39,8 @@ def as_mermaid(graph: Graph) -> str:
         lines.append(f'  {entry}(["{rname}: {"; ".join(route.http) or "no http"}"])')
         prev = entry
         for i, step in enumerate(route.step_specs(), 1):
-            lines.append(f"  {prev} -->|{i}. {step.method}| {step.function}")
+            when = f" if {step.when}" if step.when else ""
+            lines.append(f"  {prev} -->|{i}. {step.method}{when}| {step.function}")
             prev = step.function
         for step in route.after_specs():
             lines.append(f"  {entry} -.->|after: {step.method}| {step.function}")

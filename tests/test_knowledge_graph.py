@@ -83,6 +83,18 @@ def test_add_document_stores_chunks_entities_and_relations(graph, scope):
                                   "RELATED": 2}
 
 
+def test_apostrophes_and_backslashes_survive(graph, scope):
+    """FalkorDB's Bolt listener fails any query with an apostrophe in a string parameter unless it is escaped;
+    names like O'Brien are common, so the graph escapes for it (and not for Neo4j): same results on both."""
+    t, c = scope["a"], scope["c"]
+    graph.add_document(t, c, "d'1", [{"id": "q'0", "entities": [ent("Conan O'Brien"), ent("Back\\slash")],
+                                      "relations": [("Conan O'Brien", "meet", "Back\\slash")]}])
+    assert graph.entities_of(t, c, "d'1") == [ent("Back\\slash"), ent("Conan O'Brien")]
+    assert ids(graph.related_chunks(t, c, ["conan o'brien"], hops=0)) == [("q'0", 1.0)]
+    graph.delete_document(t, c, "d'1")
+    assert graph.counts(t, c)["Entity"] == 0
+
+
 def test_related_chunks_expands_over_one_and_two_hops(graph, scope):
     t, c = scope["a"], scope["c"]
     graph.add_document(t, c, "chain", chain_document())

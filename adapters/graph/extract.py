@@ -76,7 +76,7 @@ class EntityExtractor:
         """Names to start a graph expansion from: the query's entities, plus runs of proper nouns the NER missed
         (short questions give it little context: "who worked with curie?")."""
         doc = self.nlp(text)
-        names = [ent.text for ent in doc.ents if ent.label_ in self.labels]
+        names = [_name(ent) for ent in doc.ents if ent.label_ in self.labels]
         covered = {i for ent in doc.ents for i in range(ent.start, ent.end)}
         run: list[str] = []
         for token in [*doc, None]:
@@ -176,12 +176,44 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+class GreenExtractor:
+    """An EntityExtractor for eventlet workers: spaCy runs in real threads (eventlet.tpool), and the pipeline loads
+    once, in a real thread too, while other workers wait on a green semaphore (the extractor's own threading lock
+    is green under monkey-patching, and a green lock contended from tpool threads hangs)."""
+
+    def __init__(self, extractor: EntityExtractor):
+        self.extractor = extractor
+        self._loading = None
+
+    def _ready(self) -> None:
+        from eventlet import semaphore, tpool
+
+        if self.extractor._nlp is None:
+            self._loading = self._loading or semaphore.Semaphore()
+            with self._loading:
+                if self.extractor._nlp is None:
+                    tpool.execute(lambda: self.extractor.nlp)
+
+    def extract_many(self, texts: list[str], batch_size: int = 32) -> list[dict]:
+        from eventlet import tpool
+
+        self._ready()
+        return tpool.execute(self.extractor.extract_many, texts, batch_size)
+
+    def query_entities(self, text: str) -> list[str]:
+        from eventlet import tpool
+
+        self._ready()
+        return tpool.execute(self.extractor.query_entities, text)
+
+
 class Extractor(DependencyProvider):
-    """Hands workers the process's EntityExtractor (its pipeline loads on first use, not at start: a replica that
+    """Hands workers the process's GreenExtractor (the pipeline loads on first use, not at start: a replica that
     never ingests into a graph never pays spaCy's memory)."""
 
     def setup(self):
-        self.extractor = EntityExtractor(self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {}).get("spacy_model"))
+        model = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {}).get("spacy_model")
+        self.extractor = GreenExtractor(EntityExtractor(model))
 
     def get_dependency(self, worker_ctx):
         return self.extractor

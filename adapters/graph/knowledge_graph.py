@@ -67,6 +67,7 @@ class KnowledgeGraph:
         self.driver = driver or neo4j.GraphDatabase.driver(url, auth=(user, password or "") if user else None)
         self.database = database
         self._schema_ready = False
+        self._escape_quotes: bool | None = None  # see _safe
 
     def close(self) -> None:
         if self._owned:
@@ -82,9 +83,21 @@ class KnowledgeGraph:
         managed transaction with automatic retries, which FalkorDB cannot roll back (every write here is safe to
         repeat instead), and which cost 44 ms a query against FalkorDB here instead of 0.5 ms."""
         with self.driver.session(database=self.database) as session:
-            result = session.run(query, params)
+            result = session.run(query, self._safe(params))
             rows = result.data()
             return rows, result.consume()
+
+    def _safe(self, params: dict) -> dict:
+        """FalkorDB's Bolt listener splices string parameters into the query text unescaped: one apostrophe
+        ("O'Brien") fails the whole query. Probed once per graph (Neo4j passes the probe); where it fails, every
+        apostrophe in a parameter is sent escaped, which FalkorDB reads back as the plain apostrophe."""
+        if self._escape_quotes is None:
+            with self.driver.session(database=self.database) as session:
+                try:
+                    self._escape_quotes = session.run("RETURN $probe AS p", {"probe": "'"}).single()["p"] != "'"
+                except neo4j.exceptions.Neo4jError:
+                    self._escape_quotes = True
+        return _escape_quotes(params) if self._escape_quotes else params
 
     def ensure_schema(self) -> None:
         """The lookup indexes; once per process (idempotent on both servers)."""
@@ -252,6 +265,16 @@ class KnowledgeGraph:
 
 def _clean(name) -> str:
     return " ".join(str(name).split())
+
+
+def _escape_quotes(value):
+    if isinstance(value, str):
+        return value.replace("'", "\\'")
+    if isinstance(value, dict):
+        return {k: _escape_quotes(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_quotes(v) for v in value]
+    return value
 
 
 def _rows(chunks: Sequence[dict]) -> tuple[list[dict], list[dict], list[dict]]:
