@@ -17,16 +17,11 @@ from eventlet import tpool
 from nameko.rpc import rpc
 from tokenizers import Tokenizer
 
-from scaigrid.adapters.graph.extract import Extractor
-from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraphStore
-from scaigrid.adapters.sql.rag_store import RagStore
-from scaigrid.adapters.vector.provider import VectorStores
-from scaigrid.runtime.dependencies import FunctionConfig
-from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.logs import log
 
 from .chunking import chunk_text
 from .embedding_client import embed, tokenizer_for
+from .rag_dependencies import RagDependencies
 
 _log = logging.getLogger("scaigrid.rag")
 BATCH = 64  # chunks per embedding call and per progress update
@@ -116,19 +111,12 @@ class Ingestion:
                 error=str(exc)[:300])
 
 
-class Ingest:
+class Ingest(RagDependencies):
     """Its pool bounds the jobs a replica runs at once (each is sequential: batches of BATCH chunks); its replicas,
     the jobs at once overall. The message is acknowledged when the job ends: a replica that dies mid-job leaves it
     to another, which starts the job over."""
 
     name = "ingest"
-    stores = ("postgres",)
-    config = FunctionConfig()
-    docs = RagStore()
-    vectors = VectorStores()
-    graph = KnowledgeGraphStore(required=False)
-    extractor = Extractor()
-    calls = Executor()
 
     @rpc
     def run(self, envelope: dict) -> None:

@@ -17,17 +17,13 @@ from eventlet import tpool
 from nameko.rpc import rpc
 
 from scaigrid.adapters.documents.extract import UnsupportedDocument, extract_text
-from scaigrid.adapters.graph.extract import Extractor
-from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraphStore
-from scaigrid.adapters.sql.rag_store import NameTaken, RagStore
+from scaigrid.adapters.sql.rag_store import NameTaken
 from scaigrid.adapters.vector.base import VectorStoreError
-from scaigrid.adapters.vector.provider import VectorStores
-from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
-from scaigrid.runtime.executor import Executor
 
 from .access import MEMBER, list_page, page_args, principal_of
 from .embedding_client import embed
+from .rag_dependencies import RagDependencies
 from .rag_context import citations_of, inject_context, last_user_text
 from .retrieval import Retriever
 
@@ -41,15 +37,8 @@ def collection_not_found(ref: str, param: str | None = None) -> NotFound:
     return NotFound(f"no collection '{ref}'", code="collection_not_found", param=param)
 
 
-class Rag:
+class Rag(RagDependencies):
     name = "rag"
-    stores = ("postgres",)
-    config = FunctionConfig()
-    docs = RagStore()
-    vectors = VectorStores()
-    graph = KnowledgeGraphStore(required=False)
-    extractor = Extractor()
-    calls = Executor()
 
     def _setting(self, name: str):
         return self.config.get(name, DEFAULTS.get(name))

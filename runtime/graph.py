@@ -58,7 +58,7 @@ class StepSpec(Strict):
             if not isinstance(value, dict):
                 return False
             value = value.get(part)
-        return value not in (None, False, "", [], {})
+        return not (value is None or value is False or (isinstance(value, (str, list, dict)) and not value))
 
     @property
     def function(self) -> str:

@@ -62,6 +62,17 @@ def test_good_graph_loads_with_step_options(tmp_path):
     assert classes["tag"].__name__ == "Tag"
 
 
+def test_when_holds_only_for_a_present_non_empty_value():
+    from scaigrid.runtime.graph import StepSpec
+
+    step = StepSpec(step="rag.augment", when="request.body.rag")
+    for body, holds in (({"rag": {"collections": ["a"]}}, True), ({"rag": 0}, True), ({"rag": None}, False),
+                        ({"rag": {}}, False), ({"rag": []}, False), ({}, False), ({"rag": False}, False)):
+        assert step.applies({"request": {"body": body}}) is holds, body
+    assert step.applies({"request": {"body": "not a dict"}}) is False
+    assert StepSpec(step="a.b").applies({}) is True
+
+
 @pytest.mark.parametrize("mutate, line, needle", [
     (lambda t: t.replace("- gate.check", "- nope.check"), 16, "unknown function 'nope'"),
     (lambda t: t.replace("- gate.check", "- gate.missing"), 16, "has no method 'missing'"),
@@ -74,6 +85,7 @@ def test_good_graph_loads_with_step_options(tmp_path):
     (lambda t: t.replace("placement: inline", "placement: sideways"), 11, "placement"),
     (lambda t: t.replace("POST /pipeline", "FETCH pipeline"), 14, "is not 'METHOD /path'"),
     (lambda t: t.replace("    replicas: 2\n", "    replicas: 0\n"), 8, "replicas: 0"),
+    (lambda t: t.replace("timeout: 2", "timeout: 2\n        when: request.body[rag]"), 19, "when"),
 ])
 def test_bad_graph_names_file_line_and_fix(tmp_path, mutate, line, needle):
     path = write(tmp_path, mutate(GOOD))

@@ -35,11 +35,20 @@ def test_multi_step_route_across_inline_and_remote(mixed_graph):
     assert remote_fn == "tag_remote" and int(remote_pid) in mixed_graph.replica_pids("tag_remote")
     # per-step timings travel in the envelope and come back as Server-Timing
     steps = re.findall(r'desc="([^"]+)"', r.headers["server-timing"])
-    assert steps == ["gate.check", "tag_inline.add", "tag_remote.add", "shout.upper"]
+    assert steps == ["gate.check", "tag_inline.add", "tag_remote.add", "shout.upper"]  # `when` unmet: skipped
     assert metric(mixed_graph, "scaigrid_step_seconds_count", route="pipeline", step="tag_inline.add",
                   placement="inline") >= 1
     assert metric(mixed_graph, "scaigrid_step_seconds_count", route="pipeline", step="shout.upper",
                   placement="remote") >= 1
+
+
+def test_a_step_with_when_runs_only_when_its_path_holds_a_value(mixed_graph):
+    for twice, runs in ((True, 2), ({"x": 1}, 2), (False, 1), ([], 1), (None, 1), ("", 1)):
+        r = post(mixed_graph, "/pipeline", {"text": "a", "twice": twice})
+        assert r.status_code == 200, r.text
+        assert len([t for t in r.json()["trail"] if t.startswith("tag_remote@")]) == runs, twice
+        steps = re.findall(r'desc="([^"]+)"', r.headers["server-timing"])
+        assert steps.count("tag_remote.add") == runs
 
 
 def test_request_id_in_every_function_log(mixed_graph):

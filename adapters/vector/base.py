@@ -118,6 +118,14 @@ def check_filters(filters: Mapping[str, Any] | None) -> dict[str, Scalar]:
     return out
 
 
+def check_keyword_search(query: Any, k: Any, filters: Mapping[str, Any] | None) -> dict[str, Scalar]:
+    """search_keyword's arguments, checked alike by every backend; returns the checked filters."""
+    check_k(k)
+    if not isinstance(query, str):
+        raise ValueError("query must be a string")
+    return check_filters(filters)
+
+
 def check_vector(vector: Any, dimensions: int) -> list[float]:
     try:
         values = [float(x) for x in vector]

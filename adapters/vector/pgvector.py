@@ -15,7 +15,7 @@ from psycopg2.extras import execute_values
 from sqlalchemy import Connection, Engine, text
 
 from .base import (CollectionNotFound, DimensionMismatch, Hit, Scalar, VectorStore, check_chunk, check_filters,
-                   check_k, check_name, check_vector)
+                   check_k, check_keyword_search, check_name, check_vector)
 from .models import PARTITION_PREFIX, TEXT_SEARCH_CONFIG
 
 MAX_DIMENSIONS = 2000  # pgvector's HNSW limit for `vector`
@@ -186,10 +186,7 @@ class PgVectorStore(VectorStore):
 
     def search_keyword(self, tenant: str, collection: str, query: str, k: int = 10,
                        filters: Mapping[str, Scalar] | None = None) -> list[Hit]:
-        check_k(k)
-        filters = check_filters(filters)
-        if not isinstance(query, str):
-            raise ValueError("query must be a string")
+        filters = check_keyword_search(query, k, filters)
         with self.engine.begin() as conn:
             cid, _ = self._require(conn, tenant, collection)
             # plainto_tsquery normalises the words (stems, drops stop words) and never fails on user input, but

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from scaigrid.runtime.offhub import OffHubProcess
 from scaigrid.runtime.preflight import StoreDown
 
-from .base import Hit, Scalar, VectorStore, check_filters, check_k, check_name
+from .base import Hit, Scalar, VectorStore, check_filters, check_k, check_keyword_search, check_name
 
 TARGET = "scaigrid.adapters.vector.weaviate_client:WeaviateBackend"
 MAX_DIMENSIONS = 65535  # Weaviate's limit for one vector
@@ -143,10 +143,7 @@ class WeaviateStore(VectorStore):
 
     def search_keyword(self, tenant: str, collection: str, query: str, k: int = 10,
                        filters: Mapping[str, Scalar] | None = None) -> list[Hit]:
-        check_k(k)
-        filters = check_filters(filters)
-        if not isinstance(query, str):
-            raise ValueError("query must be a string")
+        filters = check_keyword_search(query, k, filters)
         _check_names(tenant, collection)
         return self.process.call("search_keyword", tenant, collection, query, k, filters)
 
