@@ -4,7 +4,7 @@
 #   ./dev.sh setup              create .venv and install '.[cpu,dev]' (skipped when setup.py is unchanged)
 #   ./dev.sh services           start PostgreSQL, Redis and RabbitMQ if they are not answering; create db "scaigrid"
 #   ./dev.sh test [pytest args] setup + services, then pytest
-#   ./dev.sh up [args]          setup + services, then `scaigrid up`
+#   ./dev.sh up [args]          setup + services (+ FalkorDB for the knowledge graph), then `scaigrid up`
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 #              SERVICE_TIMEOUT (seconds to wait for each service, default 90).
@@ -205,6 +205,13 @@ cmd_test() {
 cmd_up() {
     cmd_setup
     cmd_services
+    if [[ -z "${SCAIGRID_NEO4J_URL:-}" ]]; then
+        # The knowledge graph of RAG collections: FalkorDB's Bolt listener stands in for Neo4j on a developer
+        # machine (set SCAIGRID_NEO4J_URL to use a real Neo4j; docs/rag.md).
+        SCAIGRID_NEO4J_URL="$("$ROOT/scripts/falkordb.sh" start)" || die "FalkorDB did not start (see above)"
+        export SCAIGRID_NEO4J_URL
+        say "up: knowledge graph on FalkorDB at $SCAIGRID_NEO4J_URL (scripts/falkordb.sh stop ends it)"
+    fi
     exec "$VENV/bin/scaigrid" up "$@"
 }
 

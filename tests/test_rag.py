@@ -5,13 +5,16 @@ The real parts throughout: PostgreSQL + pgvector, RabbitMQ, the local ONNX embed
 English model, FalkorDB. The stores' own contracts (tenant isolation inside each backend included) are in
 test_vector_contract.py and test_knowledge_graph.py.
 """
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import openai
+import psycopg2
 import pytest
 from tokenizers import Tokenizer
 
@@ -184,6 +187,27 @@ def test_bad_uploads_are_refused_and_store_nothing(product, library):
     r = api.post(f"/collections/{cid}/documents", files={"nofile": ("x.txt", b"x")})
     assert r.status_code == 400 and r.json()["error"]["param"] == "file"
     assert len(api.get(f"/collections/{cid}/documents").json()["data"]) == before
+
+
+def test_a_job_survives_its_replica_being_killed(product, database_url):
+    """SIGKILL the ingest replica mid-job: the unacknowledged job goes back to the queue, the restarted replica runs
+    it again from the start, and the document ends with each chunk once."""
+    api = product.acme_tenant
+    c = api.collection("crash", chunk_size=24, chunk_overlap=4)
+    text = " ".join(f"Record {i} of the ledger says crate {i * 13} left dock {i % 9} on time." for i in range(900))
+    doc = api.upload(c["id"], "ledger.txt", text)
+    deadline = time.monotonic() + 120
+    while (job := api.get(f"/jobs/{doc['job_id']}").json())["chunks_done"] < 64:
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["chunks_done"] < job["chunks_total"]  # killed mid-job, not after it
+    (pid,) = product.replica_pids("ingest")
+    os.kill(pid, signal.SIGKILL)
+    job = api.wait(doc["job_id"], timeout=300)
+    assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT id) FROM vector_chunks WHERE document_id = %s", (doc["id"],))
+        assert cur.fetchone() == (job["chunks_total"], job["chunks_total"])
 
 
 def test_delete_document_removes_its_chunks_and_graph(product):
