@@ -16,6 +16,14 @@ ERRORS = {"400": "Malformed request (the message names the field)", "401": "Miss
           "409": "Conflicts with what exists", "429": "Rate limit or budget exceeded"}
 
 
+UPLOAD = {"type": "object", "required": ["file"], "properties": {
+    "file": {"type": "string", "contentMediaType": "application/octet-stream", "description": "the document"},
+    "name": {"type": "string", "maxLength": 255, "description": "default: the file's name"},
+    "content_type": {"type": "string", "maxLength": 100, "description": "default: the part's type, else the name's "
+                                                                         "extension"},
+    "metadata": {"type": "string", "description": "a JSON object, copied onto every chunk"}}}
+
+
 def _schemas() -> tuple[dict[tuple, dict], dict]:
     models = {s.Error}
     for op in OPERATIONS.values():
@@ -58,10 +66,17 @@ def document(graph, prefix: str = "/api/v1") -> dict[str, Any]:
                 if op and op.body:
                     item["requestBody"] = {"required": True, "content": {"application/json": {
                         "schema": refs[(op.body, "validation")]}}}
+                if op and op.upload:
+                    item["requestBody"]["content"]["multipart/form-data"] = {"schema": UPLOAD}
                 ok = {"description": "OK", "content": {"application/json": {
                     "schema": refs[(op.response, "validation")] if op and op.response else {"type": "object"}}}}
                 item["responses"] = {str(op.status if op else 200): ok}
                 error = {"content": {"application/json": {"schema": refs[(s.Error, "validation")]}}}
+                if op and op.upload:
+                    item["responses"]["413"] = {"description": "The upload is too large", **error}
+                if op and op.query:  # eventlet's HTTP server refuses request lines over 8 KiB (empty body)
+                    item["responses"]["414"] = {"description": "The URL is over 8 KiB (percent-encoded); use the "
+                                                               "POST form where there is one"}
                 for code, text in ERRORS.items():
                     if code == "401" and op and op.public:
                         continue

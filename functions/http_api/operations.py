@@ -19,6 +19,7 @@ class Operation:
     query: type[BaseModel] | None = None
     status: int = 200
     public: bool = False  # served without an API key
+    upload: bool = False  # also takes multipart/form-data: a `file` part and the body's other fields as parts
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -56,7 +57,7 @@ OPERATIONS: dict[str, Operation] = {
     "collections_delete": Operation("Delete a collection with its documents, chunks and graph (tenant admin)",
                                     "rag", r.Collection),
     "documents_create": Operation("Upload a document (text, Markdown, HTML, PDF; JSON or multipart); indexing runs "
-                                  "as a job", "rag", r.Document, body=r.DocumentCreate, status=202),
+                                  "as a job", "rag", r.Document, body=r.DocumentCreate, status=202, upload=True),
     "documents_list": Operation("A collection's documents and their ingestion status", "rag", r.DocumentList,
                                 query=s.Page),
     "documents_get": Operation("A document and its ingestion status", "rag", r.Document),
