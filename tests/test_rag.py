@@ -178,7 +178,9 @@ def test_bad_uploads_are_refused_and_store_nothing(product, library):
              ({"name": "c.txt", "content_base64": "%%%"}, None),
              ({"name": "d.txt", "text": "x", "content_base64": "eA=="}, None),
              ({"name": "e.txt", "text": "   \n  "}, "empty_document"),
-             ({"name": "f.txt", "text": "x", "metadata": {"nested": {"no": 1}}}, None)]
+             ({"name": "f.txt", "text": "x", "metadata": {"nested": {"no": 1}}}, None),
+             ({"name": "g.txt", "text": "nul \x00 inside"}, "invalid_body"),  # PostgreSQL cannot store NUL
+             ({"name": "h.txt", "text": "x", "metadata": {"k": "v\x00"}}, "invalid_body")]
     for body, code in cases:
         r = api.post(f"/collections/{cid}/documents", json=body)
         assert r.status_code == 400, (body, r.text)

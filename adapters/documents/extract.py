@@ -28,7 +28,8 @@ def kind_of(content_type: str | None, filename: str | None) -> str:
 
 
 def _tidy(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\u00a0", " ")
+    # NUL carries no meaning (PDF extraction produces some) and PostgreSQL text cannot hold it
+    text = text.replace("\r\n", "\n").replace("\u00a0", " ").replace("\x00", "")
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
 

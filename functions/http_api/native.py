@@ -53,6 +53,20 @@ def multipart_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character hides in a parsed body (PostgreSQL text and jsonb cannot hold one), else None."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{path}.{key!r}".lstrip(".")
+        found = nul_path(item, f"{path}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
 class NativeRoute(JsonRoute):
     """JSON in and out, shaped by OPERATIONS[route]; a multipart/form-data upload is read as its JSON body."""
 
@@ -64,6 +78,11 @@ class NativeRoute(JsonRoute):
             parsed = {"body": multipart_body(request), "path": path_values, "query": request.args.to_dict()}
         else:
             parsed = super().parse(request, route, path_values)
+        for where in ("body", "query"):
+            found = nul_path(parsed.get(where))
+            if found:
+                raise BadRequest(f"{where} field '{found}' contains a NUL character (\\u0000), which cannot be "
+                                 "stored", code="invalid_" + where, param=found)
         if op is None:
             return parsed
         if op.body is not None:
