@@ -1,5 +1,6 @@
 """Embeddings and tokenizers from the inference function, for the functions that call it directly (graph.yaml
-`calls: [inference.embed, inference.embedding_model]`): RAG queries and ingestion."""
+`calls: [inference.embed, inference.embedding_model]`): RAG queries and ingestion; and the usage they cause, handed to
+the ledger (graph.yaml `emits: [accounting.record]`), since no route's own after-step sees it."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,3 +30,14 @@ def tokenizer_for(calls, model: str, fallback: str | None = None) -> Tokenizer:
             raise BadRequest(f"the embedding model '{model}' has no local tokenizer to chunk with")
         found = _tokenizers[model] = Tokenizer.from_str(info["tokenizer"])
     return found
+
+
+def record_usage(calls, envelope: dict, suffix: str, model: str, tokens: int) -> None:
+    """One ledger record for embedding tokens spent on behalf of `envelope`'s caller. Its id is the request's id plus
+    `suffix`, so a redelivered job or a retried record is written once (the ledger is idempotent on it)."""
+    if tokens <= 0 or not envelope.get("principal"):
+        return
+    calls.emit("accounting.record", {
+        "id": f"{envelope['id'][:100]}:{suffix}"[:128], "route": envelope["route"], "request": {"model": model},
+        "principal": envelope["principal"], "tenant": envelope.get("tenant"), "context": {}, "error": None,
+        "usage": {"prompt_tokens": int(tokens), "completion_tokens": 0, "total_tokens": int(tokens)}})

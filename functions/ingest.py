@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from scaigrid.runtime.logs import log
 
 from .chunking import chunk_text
-from .embedding_client import embed, tokenizer_for
+from .embedding_client import embed, record_usage, tokenizer_for
 from .rag_dependencies import RagDependencies
 
 _log = logging.getLogger("scaigrid.rag")
@@ -62,7 +62,8 @@ class Ingestion:
             return None
         self.jobs.finish_job(job_id, "succeeded", chunks=len(chunks))
         log(_log, logging.INFO, "ingestion done", job=job_id, document=doc, chunks=len(chunks))
-        return {"job_id": job_id, "chunks": len(chunks)}
+        return {"job_id": job_id, "chunks": len(chunks), "model": collection["embedding_model"],
+                "tokens": self.jobs.get_job(tenant, job_id)["tokens"]}
 
     def _index(self, job_id: str, tenant: str, collection: dict, doc: str, text: str) -> list[dict]:
         cid = collection["id"]
@@ -124,5 +125,8 @@ class Ingest(RagDependencies):
         if not job_id or envelope.get("error"):
             return
         fallback = self.config.get("embedding_model")
-        Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
-                  lambda model: tokenizer_for(self.calls, model, fallback), self.graph, self.extractor).run(job_id)
+        done = Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
+                         lambda model: tokenizer_for(self.calls, model, fallback), self.graph,
+                         self.extractor).run(job_id)
+        if done:  # the tokens of the run that succeeded, billed to the key that uploaded
+            record_usage(self.calls, envelope, "ingest", done["model"], done["tokens"])

@@ -22,7 +22,7 @@ from scaigrid.adapters.vector.base import VectorStoreError
 from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
 
 from .access import MEMBER, list_page, page_args, principal_of
-from .embedding_client import embed
+from .embedding_client import embed, record_usage
 from .rag_dependencies import RagDependencies
 from .rag_context import citations_of, inject_context, last_user_text
 from .retrieval import Retriever
@@ -46,9 +46,21 @@ class Rag(RagDependencies):
     def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
         return embed(self.calls, model, texts)
 
-    def _retriever(self, model: str) -> Retriever:
-        return Retriever(self.vectors, lambda text: self._embed(model, [text])[0][0], self.graph,
-                         self.extractor.query_entities)
+    def _retriever(self, model: str, spent: dict[str, int]) -> Retriever:
+        """A retriever whose query embeddings are counted in `spent` (model -> tokens) and made once per text."""
+        seen: dict[str, list[float]] = {}
+
+        def embed_query(text: str) -> list[float]:
+            if text not in seen:
+                vectors, tokens = self._embed(model, [text])
+                seen[text], spent[model] = vectors[0], spent.get(model, 0) + tokens
+            return seen[text]
+
+        return Retriever(self.vectors, embed_query, self.graph, self.extractor.query_entities)
+
+    def _bill(self, envelope: dict, spent: dict[str, int]) -> None:
+        for model, tokens in spent.items():
+            record_usage(self.calls, envelope, f"embed:{model}", model, tokens)
 
     def _collection(self, envelope: dict, param: str | None = None) -> tuple[str, dict]:
         tenant = principal_of(envelope)["tenant_id"]
@@ -200,14 +212,15 @@ class Rag(RagDependencies):
 
     # retrieval ----------------------------------------------------------------------------------------------
     def _search(self, tenant: str, collection: dict, query: str, top_k: int, mode: str | None,
-                filters: dict) -> tuple[str, list[dict]]:
+                filters: dict, retrievers: dict[str, Retriever], spent: dict[str, int]) -> tuple[str, list[dict]]:
         mode = mode or ("hybrid_graph" if collection["knowledge_graph"] else "hybrid")
         if mode == "hybrid_graph" and not collection["knowledge_graph"]:
             raise BadRequest("mode hybrid_graph needs a collection created with knowledge_graph: true",
                              param="mode")
         try:
-            hits = self._retriever(collection["embedding_model"]).search(tenant, collection["id"], query, top_k,
-                                                                         mode, filters)
+            model = collection["embedding_model"]
+            retriever = retrievers.get(model) or retrievers.setdefault(model, self._retriever(model, spent))
+            hits = retriever.search(tenant, collection["id"], query, top_k, mode, filters)
         except VectorStoreError as exc:
             raise BadRequest(str(exc)) from None
         names = self.docs.names_of(tenant, list({h["document_id"] for h in hits}))
@@ -230,8 +243,12 @@ class Rag(RagDependencies):
                                  param="filters")
             body = {"query": query["q"], "top_k": query.get("top_k", 5), "mode": query.get("mode"),
                     "filters": filters}
-        mode, hits = self._search(tenant, found, body["query"], int(body["top_k"]), body.get("mode"),
-                                  body.get("filters") or {})
+        spent: dict[str, int] = {}
+        try:
+            mode, hits = self._search(tenant, found, body["query"], int(body["top_k"]), body.get("mode"),
+                                      body.get("filters") or {}, {}, spent)
+        finally:
+            self._bill(envelope, spent)
         envelope["response"] = {"object": "list", "mode": mode, "data": hits}
         return envelope
 
@@ -246,15 +263,20 @@ class Rag(RagDependencies):
             return envelope
         tenant = principal_of(envelope)["tenant_id"]
         query = last_user_text(body.get("messages") or [])
-        rankings = []
+        collections = []
         for ref in dict.fromkeys(spec["collections"]):
             collection = self.docs.get_collection(tenant, ref)
             if collection is None:
                 raise collection_not_found(ref, "rag.collections")
-            if query:
+            collections.append(collection)
+        rankings, retrievers, spent = [], {}, {}  # one query embedding per model, however many collections
+        try:
+            for collection in collections if query else ():
                 _, hits = self._search(tenant, collection, query, spec.get("top_k", 5), spec.get("mode"),
-                                       spec.get("filters") or {})
+                                       spec.get("filters") or {}, retrievers, spent)
                 rankings.append([{**h, "collection_id": collection["id"]} for h in hits])
+        finally:
+            self._bill(envelope, spent)
         citations = citations_of(rankings, spec.get("top_k", 5))
         if citations:
             body["messages"] = inject_context(body["messages"], citations, self._setting("max_context_chars"))

@@ -96,13 +96,20 @@ class RouteRunner:
         if after:
             envelope = {k: v for k, v in envelope.items() if k != "secrets"}
         for step in after:
-            try:
-                self.after_publisher.publish(envelope, exchange=after_queue(step.step).exchange,
-                                             routing_key=after_event_type(step.step),
-                                             extra_headers={"nameko.request_id": envelope["id"]})
-                metrics.AFTER_PUBLISHED.labels(step.step).inc()
-            except Exception as exc:  # the answer is already made; losing bookkeeping must be loud
-                log(_log, logging.ERROR, "after-step not delivered", step=step.step, error=str(exc)[:300])
+            self._publish(step.step, envelope)
+
+    def emit(self, step: str, envelope: dict) -> None:
+        """Hand an after-step an envelope made off a route's path (graph.yaml `emits:` of the calling function)."""
+        self._publish(step, {k: v for k, v in envelope.items() if k != "secrets"})
+
+    def _publish(self, step: str, envelope: dict) -> None:
+        try:
+            self.after_publisher.publish(envelope, exchange=after_queue(step).exchange,
+                                         routing_key=after_event_type(step),
+                                         extra_headers={"nameko.request_id": envelope["id"]})
+            metrics.AFTER_PUBLISHED.labels(step).inc()
+        except Exception as exc:  # the answer is already made; losing bookkeeping must be loud
+            log(_log, logging.ERROR, "after-step not delivered", step=step, error=str(exc)[:300])
 
     def readiness(self) -> dict[str, int]:
         """Consumers on each remote function's queue this process calls (0 means its steps would fail)."""

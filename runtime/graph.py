@@ -30,8 +30,11 @@ class FunctionSpec(Strict):
     timeout: float = Field(30.0, gt=0, le=3600, description="seconds a step of this function may take")
     config: dict[str, Any] = Field(default_factory=dict, description="free-form settings the function reads")
     calls: list[str] = Field(default_factory=list, description="'function.method' this function calls directly")
+    emits: list[str] = Field(default_factory=list, description=(
+        "after-steps ('function.method') this function hands envelopes to directly, as durable events "
+        "(e.g. accounting.record for usage made off a route's path)"))
 
-    @field_validator("calls")
+    @field_validator("calls", "emits")
     @classmethod
     def _calls_are_steps(cls, v: list[str]) -> list[str]:
         for ref in v:

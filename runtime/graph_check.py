@@ -51,6 +51,8 @@ def _edges(graph: Graph) -> Iterator[tuple[tuple, str, bool]]:
     for fname, fn in graph.functions.items():
         for i, ref in enumerate(fn.calls):
             yield ("functions", fname, "calls", i), ref, True
+        for i, ref in enumerate(fn.emits):
+            yield ("functions", fname, "emits", i), ref, False
 
 
 def check_graph(graph: Graph) -> dict[str, type]:
@@ -98,7 +100,12 @@ def check_graph(graph: Graph) -> dict[str, type]:
             if fn is not None and fn.placement != "inline":
                 problems.append(f"{graph.where('routes', rname, 'chunks', i)}: chunk step '{step.step}' runs on "
                                 f"every streamed chunk, so its function must be placement: inline")
+    after = {s.step for r in graph.routes.values() for s in r.after_specs()}
     for name, fn in graph.functions.items():
+        for i, ref in enumerate(fn.emits):
+            if ref not in after:
+                problems.append(f"{graph.where('functions', name, 'emits', i)}: '{ref}' is no route's 'after' step, "
+                                f"so no queue consumes what '{name}' emits; add it to a route's 'after' or remove it")
         if fn.placement == "remote" and fn.replicas == 0 and name in used:
             problems.append(f"{graph.where('functions', name, 'replicas')}: function '{name}' is remote with "
                             f"replicas: 0, so nothing would serve its steps; give it replicas >= 1 or "

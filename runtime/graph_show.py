@@ -15,7 +15,8 @@ def as_text(graph: Graph) -> str:
     width = max(len(n) for n in graph.functions)
     for name, fn in graph.functions.items():
         where = "inline" if fn.placement == "inline" else "remote"
-        calls = f"  calls {', '.join(fn.calls)}" if fn.calls else ""
+        calls = (f"  calls {', '.join(fn.calls)}" if fn.calls else "") + \
+            (f"  emits {', '.join(fn.emits)}" if fn.emits else "")
         lines.append(f"  {name:<{width}}  {where:<6}  replicas={fn.replicas} pool={fn.pool} "
                      f"timeout={fn.timeout:g}s  {fn.entry}{calls}")
     lines += ["", "routes:"]
@@ -48,4 +49,7 @@ def as_mermaid(graph: Graph) -> str:
         for ref in fn.calls:
             target, _, method = ref.partition(".")
             lines.append(f"  {name} ==>|calls {method}| {target}")
+        for ref in fn.emits:
+            target, _, method = ref.partition(".")
+            lines.append(f"  {name} -.->|emits {method}| {target}")
     return "\n".join(lines)

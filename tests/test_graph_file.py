@@ -86,6 +86,7 @@ def test_when_holds_only_for_a_present_non_empty_value():
     (lambda t: t.replace("POST /pipeline", "FETCH pipeline"), 14, "is not 'METHOD /path'"),
     (lambda t: t.replace("    replicas: 2\n", "    replicas: 0\n"), 8, "replicas: 0"),
     (lambda t: t.replace("timeout: 2", "timeout: 2\n        when: request.body[rag]"), 19, "when"),
+    (lambda t: t.replace("    replicas: 2\n", "    replicas: 2\n    emits: [tag.add]\n"), 9, "no route's 'after' step"),
 ])
 def test_bad_graph_names_file_line_and_fix(tmp_path, mutate, line, needle):
     path = write(tmp_path, mutate(GOOD))

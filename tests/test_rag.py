@@ -212,6 +212,31 @@ def test_a_job_survives_its_replica_being_killed(product, database_url):
         assert cur.fetchone() == (job["chunks_total"], job["chunks_total"])
 
 
+def test_embedding_tokens_reach_the_ledger(product, database_url):
+    """Ingestion and query embeddings are usage too: one ledger row each, for the key that caused it."""
+    api = product.acme_tenant
+    c = api.collection("billing")
+    up = api.post(f"/collections/{c['id']}/documents", json={"name": "b.txt", "text": "Invoices are due in 30 days."})
+    job = api.wait(up.json()["job_id"])
+    found = api.post(f"/collections/{c['id']}/search", json={"query": "when are invoices due"})
+    tokenizer = Tokenizer.from_file(str(model_dir_for(EMBED_MODEL) / "tokenizer.json"))
+    tokenizer.no_padding()  # tokenizer.json pads to 128
+    query_tokens = len(tokenizer.encode("when are invoices due").ids)  # with [CLS] and [SEP], as the model reads it
+    want = {up.headers["x-request-id"] + ":ingest": ("documents_create", job["tokens"]),
+            found.headers["x-request-id"] + ":embed:all-minilm-l6-v2": ("collections_search_post", query_tokens)}
+    key_id = api.get("/me").json()["key"]["id"]
+    deadline = time.monotonic() + 20
+    while True:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT request_id, route, prompt_tokens, model, key_id::text FROM usage_ledger "
+                        "WHERE request_id = ANY(%s)", (list(want),))
+            rows = {r[0]: r[1:] for r in cur.fetchall()}
+        if len(rows) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == {rid: (route, tokens, "all-minilm-l6-v2", key_id) for rid, (route, tokens) in want.items()}
+
+
 def test_delete_document_removes_its_chunks_and_graph(product):
     api = product.acme_tenant
     c = api.collection("deletions", knowledge_graph=True)
