@@ -97,10 +97,10 @@ def under_eventlet():
 def test_a_blocking_call_off_hub_leaves_the_hub_running(under_eventlet):
     off, control = under_eventlet["offhub"], under_eventlet["in_process"]
     assert under_eventlet["green"] is True and under_eventlet["child_has_eventlet"] is False
-    assert 0.95 < off["seconds"] < 1.5
+    assert 0.95 < off["seconds"] < 2.5
     # 50 greenlets ticking every 10 ms: ~5,000 ticks fit in the call; a loaded 2-core box still gives thousands
     assert off["ticks"] > 1000, off
-    assert off["max_gap"] < 0.25, off
+    assert off["max_gap"] < 0.5, off  # a stall would be the whole second
     # the control proves the probe sees a stall: the same 1 s block in-process lets no greenlet run
     assert control["ticks"] == 0 and control["max_gap"] > 0.95, control
     print(f"\noff-hub 1 s call: {off['ticks']} ticks, longest silence {off['max_gap'] * 1000:.0f} ms; "
@@ -111,7 +111,7 @@ def test_concurrent_calls_overlap(under_eventlet):
     run = under_eventlet["concurrent20"]
     assert run["value"] == 20
     assert run["seconds"] < 2.5, run  # ~max (1 s), not ~sum (20 s)
-    assert run["max_gap"] < 0.25, run
+    assert run["max_gap"] < 0.5, run
 
 
 def test_big_frames_from_many_greenlets_stay_whole(under_eventlet):
@@ -190,7 +190,7 @@ def test_threads_call_concurrently_and_the_pool_is_bounded(demo):
         t.join()
     elapsed = time.monotonic() - t0
     assert len(results) == 8
-    assert 0.95 < elapsed < 1.8, elapsed  # two waves of four, not one of eight nor eight in a row
+    assert 0.95 < elapsed < 3.0, elapsed  # two waves of four (1 s), not one of eight (0.5 s) nor eight in a row (4 s)
     assert len({round(r - min(results)) for r in results}) == 2
 
 
