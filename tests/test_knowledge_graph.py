@@ -84,14 +84,33 @@ def test_add_document_stores_chunks_entities_and_relations(graph, scope):
 
 
 def test_apostrophes_and_backslashes_survive(graph, scope):
-    """FalkorDB's Bolt listener fails any query with an apostrophe in a string parameter unless it is escaped;
-    names like O'Brien are common, so the graph escapes for it (and not for Neo4j): same results on both."""
+    """FalkorDB's Bolt listener splices parameters into the query text: an apostrophe fails the query and a
+    backslash sequence changes the value, unless escaped; the graph escapes for it (not for Neo4j)."""
     t, c = scope["a"], scope["c"]
-    graph.add_document(t, c, "d'1", [{"id": "q'0", "entities": [ent("Conan O'Brien"), ent("Back\\slash")],
-                                      "relations": [("Conan O'Brien", "meet", "Back\\slash")]}])
-    assert graph.entities_of(t, c, "d'1") == [ent("Back\\slash"), ent("Conan O'Brien")]
+    names = ["Conan O'Brien", "C:\\new\\table", "tab\\t and quote \\'", "end\\"]
+    graph.add_document(t, c, "d'1", [{"id": "q'0", "entities": [ent(n) for n in names],
+                                      "relations": [(names[0], "meet", names[1])]},
+                                     {"id": "q'1", "entities": [ent(names[1])]}])
+    assert graph.entities_of(t, c, "d'1") == [ent(n) for n in sorted(names)]
+    assert graph.relations_of(t, c, "d'1") == [(names[0], "meet", names[1])]
     assert ids(graph.related_chunks(t, c, ["conan o'brien"], hops=0)) == [("q'0", 1.0)]
     graph.delete_document(t, c, "d'1")
+    assert graph.counts(t, c)["Entity"] == 0
+
+
+def test_a_document_with_many_entities(graph, scope):
+    """Hundreds of mentions and relations in one document: on FalkorDB (which dies on Bolt messages over ~4 KB)
+    the writes go in pieces; everything arrives and the server stays up."""
+    t, c = scope["a"], scope["c"]
+    chunks = [{"id": f"k{i}", "entities": [ent(f"Person {i}-{j} of a rather long family name") for j in range(8)],
+               "relations": [(f"Person {i}-0 of a rather long family name", "know",
+                              f"Person {i}-{j} of a rather long family name") for j in range(1, 8)]}
+              for i in range(40)]
+    graph.add_document(t, c, "big", chunks)
+    counts = graph.counts(t, c)
+    assert (counts["Chunk"], counts["Entity"], counts["MENTIONS"], counts["RELATED"]) == (40, 320, 320, 280)
+    assert ids(graph.related_chunks(t, c, ["person 7-0 of a rather long family name"], hops=0)) == [("k7", 1.0)]
+    graph.delete_document(t, c, "big")
     assert graph.counts(t, c)["Entity"] == 0
 
 

