@@ -63,7 +63,9 @@ setup(
         # CPU onnxruntime); llama-cpp-python comes from the wheel ./dev.sh builds once
         # vector_store: weaviate (adapters/vector/weaviate_client.py, in its own process: see docs/vector-store.md)
         "weaviate": WEAVIATE,
-        "bench": ["sentence-transformers>=3", "onnxruntime-genai>=0.11"],
+        "bench": ["sentence-transformers>=3", "onnxruntime-genai>=0.11",
+                  "ir-measures>=0.4.3,<0.5",  # bench/retrieval.py: recall@5, nDCG@10 (with pytrec-eval-terrier)
+                  "rank-bm25>=0.2.2,<0.3"],  # bench/retrieval.py --offline-check
         "dev": [
             "pytest>=8,<9.2",  # schemathesis 4 from_fixture breaks on pytest 9.2
             "schemathesis>=4.30,<5",
