@@ -40,6 +40,7 @@ from retrieval_data import Dataset, DatasetError, load, subset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["vector", "keyword", "hybrid", "hybrid_graph"]
+EQUAL = {"vector": 1.0, "keyword": 1.0, "graph": 1.0}  # plain RRF, beside the product's default weights
 STOP = set("a an and are as at be by can do does for from how i if in is it its of on or that the this to what "
            "when where which why with you my me".split())
 
@@ -196,17 +197,20 @@ def search_all(api: Api, collection: str, ds: Dataset, modes: list[str], top_k: 
     from tqdm import tqdm
 
     out = {}
-    for mode in modes:
+    variants = [(mode, mode, None) for mode in modes] + [
+        (f"{mode} (equal weights)", mode, EQUAL) for mode in modes if mode.startswith("hybrid")]
+    for label, mode, weights in variants:
         path = f"/api/v1/collections/{collection}/search"
+        extra = {"weights": weights} if weights else {}
         api("POST", path, {"query": "warm-up", "top_k": top_k, "mode": mode})  # first-call costs are not latency
         rankings, ms, graph_found = {}, [], 0
-        for qid, query in tqdm(ds.queries.items(), desc=f"searching ({mode})", unit="query"):
+        for qid, query in tqdm(ds.queries.items(), desc=f"searching ({label})", unit="query"):
             t = time.perf_counter()
-            hits = api("POST", path, {"query": query, "top_k": top_k, "mode": mode})["data"]
+            hits = api("POST", path, {"query": query, "top_k": top_k, "mode": mode, **extra})["data"]
             ms.append((time.perf_counter() - t) * 1000)
             rankings[qid] = documents_of(hits)
             graph_found += any("graph" in (h.get("sources") or []) for h in hits)
-        out[mode] = {**evaluate(ds.qrels, rankings), "ms": statistics.median(ms), "graph": graph_found}
+        out[label] = {**evaluate(ds.qrels, rankings), "ms": statistics.median(ms), "graph": graph_found}
     return out
 
 
@@ -285,10 +289,10 @@ def run(args: argparse.Namespace, ds: Dataset, header: str, modes: list[str], tm
               f"{model.get('provider')}), chunks of {collection['chunk_size']} tokens with "
               f"{collection['chunk_overlap']} overlap, knowledge graph {'on' if kg else 'off'}; search top_k "
               f"{args.top_k} chunks, scored per document")
-        print(f"\n{'mode':<14}{'recall@5':>10}{'nDCG@10':>10}{'median search ms':>18}")
-        for mode in modes:
-            r = results[mode]
-            print(f"{mode:<14}{r['recall@5']:>10.3f}{r['nDCG@10']:>10.3f}{r['ms']:>18.1f}")
+        print(f"\n{'mode':<30}{'recall@5':>10}{'nDCG@10':>10}{'median search ms':>18}")
+        for label, r in results.items():
+            print(f"{label:<30}{r['recall@5']:>10.3f}{r['nDCG@10']:>10.3f}{r['ms']:>18.1f}")
+        print("(default fusion weights: vector 0.75, keyword 0.25, graph 0.25; equal weights: plain RRF)")
         if "hybrid_graph" in results:
             print(f"(hybrid_graph: the graph contributed hits to {results['hybrid_graph']['graph']} of "
                   f"{len(ds.queries)} queries)")

@@ -56,7 +56,8 @@ class Rag(RagDependencies):
                 seen[text], spent[model] = vectors[0], spent.get(model, 0) + tokens
             return seen[text]
 
-        return Retriever(self.vectors, embed_query, self.graph, self.extractor.query_entities)
+        return Retriever(self.vectors, embed_query, self.graph, self.extractor.query_entities,
+                         self.config.get("fusion_weights"))
 
     def _bill(self, envelope: dict, spent: dict[str, int]) -> None:
         for model, tokens in spent.items():
@@ -212,7 +213,8 @@ class Rag(RagDependencies):
 
     # retrieval ----------------------------------------------------------------------------------------------
     def _search(self, tenant: str, collection: dict, query: str, top_k: int, mode: str | None,
-                filters: dict, retrievers: dict[str, Retriever], spent: dict[str, int]) -> tuple[str, list[dict]]:
+                filters: dict, retrievers: dict[str, Retriever], spent: dict[str, int],
+                weights: dict | None = None) -> tuple[str, list[dict]]:
         mode = mode or ("hybrid_graph" if collection["knowledge_graph"] else "hybrid")
         if mode == "hybrid_graph" and not collection["knowledge_graph"]:
             raise BadRequest("mode hybrid_graph needs a collection created with knowledge_graph: true",
@@ -220,7 +222,7 @@ class Rag(RagDependencies):
         try:
             model = collection["embedding_model"]
             retriever = retrievers.get(model) or retrievers.setdefault(model, self._retriever(model, spent))
-            hits = retriever.search(tenant, collection["id"], query, top_k, mode, filters)
+            hits = retriever.search(tenant, collection["id"], query, top_k, mode, filters, weights)
         except VectorStoreError as exc:
             raise BadRequest(str(exc)) from None
         names = self.docs.names_of(tenant, list({h["document_id"] for h in hits}))
@@ -246,7 +248,7 @@ class Rag(RagDependencies):
         spent: dict[str, int] = {}
         try:
             mode, hits = self._search(tenant, found, body["query"], int(body["top_k"]), body.get("mode"),
-                                      body.get("filters") or {}, {}, spent)
+                                      body.get("filters") or {}, {}, spent, body.get("weights"))
         finally:
             self._bill(envelope, spent)
         envelope["response"] = {"object": "list", "mode": mode, "data": hits}

@@ -15,6 +15,11 @@ from scaigrid.adapters.vector.base import Hit, Scalar, VectorStore
 from scaigrid.adapters.vector.fusion import reciprocal_rank_fusion
 
 MODES = ("vector", "keyword", "hybrid", "hybrid_graph")
+# Weighted reciprocal rank fusion. Vector 0.75 / keyword 0.25 is Weaviate's default hybrid alpha (0.75), chosen by
+# its authors, not tuned on our benchmark; the graph, an expansion (recall) signal, weighs what keyword does, so
+# chunks that only share an entity with the question never outrank a direct match. graph.yaml may override
+# (rag config `fusion_weights`); docs/retrieval-bench.md has equal weights measured for comparison.
+FUSION_WEIGHTS = {"vector": 0.75, "keyword": 0.25, "graph": 0.25}
 MIN_CANDIDATES = 20
 GRAPH_HOPS = 1  # the query's entities and their direct neighbours; 2 hops drifts off topic on small corpora
 
@@ -28,9 +33,12 @@ class Retriever:
     embed: Callable[[str], list[float]]
     graph: Any = None  # a KnowledgeGraph, or None where none is configured
     query_entities: Callable[[str], list[str]] | None = None
+    weights: Mapping[str, float] | None = None  # per ranking; FUSION_WEIGHTS where missing
 
     def search(self, tenant: str, collection: str, query: str, top_k: int = 5, mode: str = "hybrid",
-               filters: Mapping[str, Scalar] | None = None) -> list[dict]:
+               filters: Mapping[str, Scalar] | None = None,
+               weights: Mapping[str, float] | None = None) -> list[dict]:
+        """`weights` (per ranking) override the retriever's for this search, as Weaviate's per-query alpha does."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         candidates = max(MIN_CANDIDATES, 4 * top_k)
@@ -52,7 +60,9 @@ class Retriever:
         for source, hits in rankings.items():
             for h in hits:
                 found.setdefault(h["chunk_id"], []).append(source)
-        fused = reciprocal_rank_fusion(list(rankings.values()), limit=top_k)
+        weights = {**FUSION_WEIGHTS, **(self.weights or {}), **(weights or {})}
+        fused = reciprocal_rank_fusion(list(rankings.values()), limit=top_k,
+                                       weights=[float(weights[source]) for source in rankings])
         return [{**h, "sources": found[h["chunk_id"]]} for h in fused]
 
     def _graph_ranking(self, tenant: str, collection: str, query: str, candidates: int,

@@ -129,6 +129,9 @@ class SearchBody(Body):
     mode: Mode | None = Field(None, description="default: hybrid_graph where the collection has a knowledge "
                                                 "graph, else hybrid")
     filters: Metadata = Field(default_factory=dict, max_length=32, description="metadata equality")
+    weights: dict[Literal["vector", "keyword", "graph"], Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        None, description="fusion weight per ranking for this search (default vector 0.75, keyword 0.25, graph 0.25: "
+                          "Weaviate's default alpha)")
 
 
 class SearchQuery(BaseModel):
