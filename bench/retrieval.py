@@ -278,8 +278,8 @@ def run(args: argparse.Namespace, ds: Dataset, header: str, modes: list[str], tm
         stats = ingest(api, collection["id"], ds, args.threads)
         if stats["failed"]:
             first = stats["failed"][0]["error"] or ""
-            hint = ("\nThe knowledge graph's server went away (FalkorDB crashes on some writes: see "
-                    "docs/retrieval-bench.md); --no-knowledge-graph measures the other modes"
+            hint = ("\nThe knowledge graph's server went away (its log is kept, see below); "
+                    "--no-knowledge-graph measures the other modes"
                     ) if kg and "ServiceUnavailable" in first else ""
             sys.exit(f"retrieval: {len(stats['failed'])} ingestion jobs failed; the first: "
                      f"{first}{hint}")
