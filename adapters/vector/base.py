@@ -25,7 +25,7 @@ class Chunk(TypedDict):
 
 
 class Hit(TypedDict):
-    """What a search returns, best first. `score`: cosine similarity for vectors, ts_rank-like for keywords, fused
+    """What a search returns, best first. `score`: cosine similarity for vectors, BM25 for keywords, fused
     for hybrid; comparable within one result list only."""
 
     chunk_id: str

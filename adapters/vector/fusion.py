@@ -1,7 +1,7 @@
 """Reciprocal rank fusion: one ranking out of several (keyword + vector for hybrid search).
 
 RRF (Cormack, Clarke, Buettcher 2009) uses ranks only, so lists whose scores live on different scales (cosine,
-ts_rank) combine without calibration: score(d) = sum over lists of weight / (k + rank of d in that list), rank from
+BM25) combine without calibration: score(d) = sum over lists of weight / (k + rank of d in that list), rank from
 1. k = 60 is the paper's value and what Elasticsearch, OpenSearch and Weaviate's hybrid `rankedFusion` use.
 """
 from __future__ import annotations
