@@ -29,21 +29,27 @@ STATS_TTL = 300.0
 #   sum over those words of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
 # with tf the word's positions in the chunk, dl the chunk's distinct lexemes, idf = ln(1 + (N - df + 0.5)/(df + 0.5)).
 BM25 = f"""
-WITH words AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', :query))),
-idf AS (
+WITH idf AS MATERIALIZED (
   SELECT w.lexeme, ln(1 + (:n - d.df + 0.5) / (d.df + 0.5)) AS weight
-  FROM words w, LATERAL (SELECT count(*) AS df FROM vector_chunks x WHERE x.collection_id = :c
-                         AND x.tenant_id = :t AND x.tsv @@ plainto_tsquery('simple', w.lexeme)) d),
-anyword AS (SELECT replace(plainto_tsquery('{TEXT_SEARCH_CONFIG}', :query)::text, ' & ', ' | ')::tsquery AS q)
-SELECT c.id, c.document_id, c.text, c.metadata,
-       sum(idf.weight * m.tf * 2.2 / (m.tf + 1.2 * (0.25 + 0.75 * length(c.tsv) / :avgdl))) AS score
-FROM vector_chunks c CROSS JOIN anyword
-CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf FROM unnest(c.tsv) u) m
-JOIN idf ON idf.lexeme = m.lexeme
-WHERE c.collection_id = :c AND c.tenant_id = :t AND c.tsv @@ anyword.q
-  AND (NOT :filtered OR c.metadata @> CAST(:f AS jsonb))
-GROUP BY c.id, c.document_id, c.text, c.metadata
-ORDER BY score DESC, c.id LIMIT :k
+  FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', :query))) w,
+       LATERAL (SELECT count(*) AS df FROM vector_chunks x WHERE x.collection_id = :c AND x.tenant_id = :t
+                AND x.tsv @@ plainto_tsquery('simple', w.lexeme)) d),
+terms AS MATERIALIZED (
+  SELECT array_agg(lexeme) AS lexemes,
+         replace(plainto_tsquery('{TEXT_SEARCH_CONFIG}', :query)::text, ' & ', ' | ')::tsquery AS anyword FROM idf),
+scored AS (
+  SELECT c.id, sum(idf.weight * m.tf * 2.2 / (m.tf + 1.2 * (0.25 + 0.75 * length(c.tsv) / :avgdl))) AS score
+  FROM vector_chunks c CROSS JOIN terms
+  CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf FROM unnest(c.tsv) u
+                      WHERE u.lexeme = ANY(terms.lexemes)) m
+  JOIN idf ON idf.lexeme = m.lexeme
+  WHERE c.collection_id = :c AND c.tenant_id = :t AND c.tsv @@ terms.anyword
+    AND (NOT :filtered OR c.metadata @> CAST(:f AS jsonb))
+  GROUP BY c.id, c.tsv
+  ORDER BY score DESC, c.id LIMIT :k)
+SELECT c.id, c.document_id, c.text, c.metadata, s.score
+FROM scored s JOIN vector_chunks c ON c.id = s.id AND c.collection_id = :c AND c.tenant_id = :t
+ORDER BY s.score DESC, c.id
 """
 
 UPSERT = """
