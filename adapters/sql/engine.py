@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from nameko.extensions import DependencyProvider
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,3 +23,18 @@ def engine_for(url: str, pool_size: int = 10) -> Engine:
 
 def sessions_for(url: str, pool_size: int = 10) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url, pool_size), expire_on_commit=False)
+
+
+class RepositoryProvider(DependencyProvider):
+    """Hands workers one repository over the process's pooled engine: subclasses name `repository_class` (built
+    with a sessionmaker); function config `db_pool` sizes the pool (default 10)."""
+
+    repository_class: type
+
+    def setup(self):
+        fn_config = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
+        self.repository = self.repository_class(sessions_for(self.container.config["DATABASE_URL"],
+                                                             fn_config.get("db_pool", 10)))
+
+    def get_dependency(self, worker_ctx):
+        return self.repository

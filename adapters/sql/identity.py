@@ -5,12 +5,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from nameko.extensions import DependencyProvider
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .engine import sessions_for
+from .engine import RepositoryProvider
 from .models import ApiKey, AuditEvent, Tenant
 
 
@@ -183,13 +182,7 @@ class IdentityRepository:
             return tenant_dict(t) if t else None
 
 
-class IdentityStore(DependencyProvider):
+class IdentityStore(RepositoryProvider):
     """Gives a worker the IdentityRepository over the process's pooled engine."""
 
-    def setup(self):
-        fn_config = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
-        self.repository = IdentityRepository(sessions_for(self.container.config["DATABASE_URL"],
-                                                          fn_config.get("db_pool", 10)))
-
-    def get_dependency(self, worker_ctx):
-        return self.repository
+    repository_class = IdentityRepository

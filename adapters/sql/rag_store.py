@@ -6,11 +6,10 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from nameko.extensions import DependencyProvider
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .engine import sessions_for
+from .engine import RepositoryProvider
 from .identity import _iso, _page, _uuid
 from .rag_models import IngestionJob, RagCollection, RagDocument
 
@@ -201,13 +200,7 @@ class RagRepository:
             s.commit()
 
 
-class RagStore(DependencyProvider):
+class RagStore(RepositoryProvider):
     """Gives a worker the RagRepository over the process's pooled engine."""
 
-    def setup(self):
-        fn_config = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
-        self.repository = RagRepository(sessions_for(self.container.config["DATABASE_URL"],
-                                                     fn_config.get("db_pool", 10)))
-
-    def get_dependency(self, worker_ctx):
-        return self.repository
+    repository_class = RagRepository
