@@ -9,12 +9,14 @@ deleted while it runs stops at its next batch and removes what it had written.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from eventlet import tpool
 from nameko.rpc import rpc
+from prometheus_client import Counter, Histogram
 from tokenizers import Tokenizer
 
 from scaigrid.runtime.logs import log
@@ -25,6 +27,12 @@ from .rag_dependencies import RagDependencies
 
 _log = logging.getLogger("scaigrid.rag")
 BATCH = 64  # chunks per embedding call and per progress update
+JOBS = Counter("scaigrid_ingest_jobs_total", "Ingestion jobs ended, by outcome", ["status"])
+# Labelled even where one series would do: an unlabelled metric opens its multiprocess file at import, before the
+# supervisor has made the folder.
+CHUNKS = Counter("scaigrid_ingest_chunks_total", "Chunks embedded and indexed by ingestion jobs", ["model"])
+JOB_SECONDS = Histogram("scaigrid_ingest_job_seconds", "Wall time of an ingestion job that ran to its end",
+                        ["knowledge_graph"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
 
 
 class Cancelled(Exception):
@@ -46,21 +54,27 @@ class Ingestion:
             return None  # deleted, cancelled or already done (a duplicate delivery)
         job, collection, text, tenant = started
         cid, doc = collection["id"], job["document_id"]
+        began = time.monotonic()
         try:
             chunks = self._index(job_id, tenant, collection, doc, text)
             if collection["knowledge_graph"] and chunks:
                 self._graph(job_id, tenant, cid, doc, chunks)
         except Cancelled:
             self._remove(tenant, cid, doc, collection["knowledge_graph"])
+            JOBS.labels("cancelled").inc()
             log(_log, logging.INFO, "ingestion cancelled", job=job_id, document=doc)
             return None
         except Exception as exc:
             self._remove(tenant, cid, doc, collection["knowledge_graph"])
             message = f"{type(exc).__name__}: {exc}"[:500]
             self.jobs.finish_job(job_id, "failed", error=message)
+            JOBS.labels("failed").inc()
             log(_log, logging.ERROR, "ingestion failed", job=job_id, document=doc, error=message)
             return None
         self.jobs.finish_job(job_id, "succeeded", chunks=len(chunks))
+        JOBS.labels("succeeded").inc()
+        CHUNKS.labels(collection["embedding_model"]).inc(len(chunks))
+        JOB_SECONDS.labels(str(collection["knowledge_graph"]).lower()).observe(time.monotonic() - began)
         log(_log, logging.INFO, "ingestion done", job=job_id, document=doc, chunks=len(chunks))
         return {"job_id": job_id, "chunks": len(chunks), "model": collection["embedding_model"],
                 "tokens": self.jobs.get_job(tenant, job_id)["tokens"]}

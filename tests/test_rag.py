@@ -148,6 +148,9 @@ def test_every_format_is_indexed_with_its_job(product, library):
         job = api.get(f"/jobs/{d['job_id']}").json()
         assert (job["status"], job["stage"], job["progress"]) == ("succeeded", "done", 1.0)
         assert job["chunks_done"] == job["chunks_total"] == d["chunks"] and job["tokens"] > 0
+    metrics = httpx.get(product.base_url + "/metrics").text  # the ingest replica's, through the gateway's host view
+    assert float(re.search(r'^scaigrid_ingest_jobs_total\{status="succeeded"\} (\S+)', metrics, re.M)[1]) >= 5
+    assert float(re.search(r'^scaigrid_ingest_chunks_total\{model="all-minilm-l6-v2"\} (\S+)', metrics, re.M)[1]) >= 5
     pdf_hits = api.search(library["id"], "volcanic rock", mode="keyword")
     assert pdf_hits[0]["document_name"] == "basalt.pdf" and "lava" in pdf_hits[0]["text"]
     html = api.search(library["id"], "steamed oxidation", mode="keyword")[0]
