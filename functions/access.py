@@ -48,3 +48,9 @@ def page_args(envelope: dict) -> tuple[int, str | None]:
 def list_page(items: list[dict], has_more: bool) -> dict:
     return {"object": "list", "data": items, "has_more": has_more,
             "next_after": str(items[-1]["id"]) if has_more and items else None}
+
+
+def require_model(allowed: list[str] | None, model: str | None, param: str = "model") -> None:
+    """A key's model allow-list (None: every model)."""
+    if model is not None and allowed is not None and model not in allowed:
+        raise Forbidden(f"this API key may not use model '{model}'", code="model_not_allowed", param=param)

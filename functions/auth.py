@@ -7,8 +7,9 @@ from nameko.rpc import rpc
 
 from scaigrid.adapters.cache.key_cache import KeyCache
 from scaigrid.adapters.sql.identity import IdentityStore
-from scaigrid.runtime.errors import Forbidden, Unauthorized
+from scaigrid.runtime.errors import Unauthorized
 
+from .access import require_model
 from .auth_keys import lookup_of, matches
 
 
@@ -40,9 +41,7 @@ class Auth:
             raise Unauthorized("this API key has expired", code="expired_api_key")
         if entry["tenant_status"] != "active":
             raise Unauthorized("this API key's tenant is disabled", code="tenant_disabled")
-        model = envelope["request"].get("model")
-        if model is not None and entry["models"] is not None and model not in entry["models"]:
-            raise Forbidden(f"this API key may not use model '{model}'", code="model_not_allowed", param="model")
+        require_model(entry["models"], envelope["request"].get("model"))
         envelope["tenant"] = entry["tenant_id"]
         envelope["principal"] = {k: entry[k] for k in ("key_id", "tenant_id", "tenant_name", "role", "models")}
         return envelope

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 
 from scaigrid.runtime.errors import BadRequest
 
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"  # for collections that name none (graph.yaml may set another)
 _tokenizers: dict[str, Tokenizer] = {}  # per process and model: tokenizer.json is ~700 kB to send
 
 

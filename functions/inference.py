@@ -32,8 +32,7 @@ class Inference:
     local = LocalModelProvider()
     _upstreams: dict = {}
 
-    def _spec(self, envelope: dict, kind: str) -> dict:
-        model_id = envelope["request"].get("model")
+    def _spec(self, model_id: str | None, kind: str) -> dict:
         spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
         if spec is None:
             raise NotFound(f"the model '{model_id}' does not exist", code="model_not_found", param="model")
@@ -80,7 +79,7 @@ class Inference:
         return self._generate(envelope, "/completions")
 
     def _generate(self, envelope: dict, path: str) -> dict:
-        spec = self._spec(envelope, "chat")
+        spec = self._spec(envelope["request"].get("model"), "chat")
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
         if spec.get("backend") in LOCAL_BACKENDS:
@@ -108,7 +107,7 @@ class Inference:
     @rpc
     def embeddings(self, envelope: dict) -> dict:
         """POST /v1/embeddings."""
-        spec = self._spec(envelope, "embedding")
+        spec = self._spec(envelope["request"].get("model"), "embedding")
         body = envelope["request"]["body"]
         if spec.get("backend") == "onnx":
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
@@ -130,7 +129,7 @@ class Inference:
     def embed(self, model: str, texts: list[str]) -> dict:
         """Vectors for `texts` as one little-endian float32 buffer (n x dimensions): msgpack carries bytes as
         they are, where a list of 384 floats per text costs more to encode than the model takes to run."""
-        spec = self._spec({"request": {"model": model}}, "embedding")
+        spec = self._spec(model, "embedding")
         if not texts:
             raise BadRequest("nothing to embed", param="input")
         if spec.get("backend") in LOCAL_BACKENDS:
@@ -147,7 +146,7 @@ class Inference:
     def embedding_model(self, model: str) -> dict:
         """What a caller needs to chunk for this embedding model: its width, its window and, for a local model,
         its tokenizer (tokenizer.json's text; None for an upstream, whose tokenizer is not ours to know)."""
-        spec = self._spec({"request": {"model": model}}, "embedding")
+        spec = self._spec(model, "embedding")
         if spec.get("backend") in LOCAL_BACKENDS:
             loaded = self.local.load(spec["id"])
             return {"model": spec["id"], "dimensions": loaded.dimensions, "max_tokens": loaded.max_length,

@@ -19,10 +19,11 @@ from nameko.rpc import rpc
 from prometheus_client import Counter, Histogram
 from tokenizers import Tokenizer
 
+from scaigrid.adapters.sql.rag_store import StartedJob
 from scaigrid.runtime.logs import log
 
 from .chunking import chunk_text
-from .embedding_client import embed, record_usage, tokenizer_for
+from .embedding_client import DEFAULT_EMBEDDING_MODEL, embed, record_usage, tokenizer_for
 from .rag_dependencies import RagDependencies
 
 _log = logging.getLogger("scaigrid.rag")
@@ -52,11 +53,11 @@ class Ingestion:
         started = self.jobs.start_job(job_id)
         if started is None:
             return None  # deleted, cancelled or already done (a duplicate delivery)
-        job, collection, text, tenant = started
-        cid, doc = collection["id"], job["document_id"]
+        collection, tenant = started.collection, started.tenant
+        cid, doc = collection["id"], started.job["document_id"]
         began = time.monotonic()
         try:
-            chunks = self._index(job_id, tenant, collection, doc, text)
+            chunks, tokens = self._index(job_id, started)
             if collection["knowledge_graph"] and chunks:
                 self._graph(job_id, tenant, cid, doc, chunks)
         except Cancelled:
@@ -76,34 +77,29 @@ class Ingestion:
         CHUNKS.labels(collection["embedding_model"]).inc(len(chunks))
         JOB_SECONDS.labels(str(collection["knowledge_graph"]).lower()).observe(time.monotonic() - began)
         log(_log, logging.INFO, "ingestion done", job=job_id, document=doc, chunks=len(chunks))
-        return {"job_id": job_id, "chunks": len(chunks), "model": collection["embedding_model"],
-                "tokens": self.jobs.get_job(tenant, job_id)["tokens"]}
+        return {"job_id": job_id, "chunks": len(chunks), "model": collection["embedding_model"], "tokens": tokens}
 
-    def _index(self, job_id: str, tenant: str, collection: dict, doc: str, text: str) -> list[dict]:
+    def _index(self, job_id: str, started: StartedJob) -> tuple[list[dict], int]:
+        """(chunks written, tokens embedded)."""
+        collection, tenant, doc = started.collection, started.tenant, started.job["document_id"]
         cid = collection["id"]
         tokenizer = self.tokenizer(collection["embedding_model"])
-        pieces = tpool.execute(chunk_text, text, tokenizer, collection["chunk_size"], collection["chunk_overlap"])
+        pieces = tpool.execute(chunk_text, started.text, tokenizer, collection["chunk_size"],
+                               collection["chunk_overlap"])
         self._progress(job_id, stage="embedding", chunks_total=len(pieces), chunks_done=0)
         self.store.ensure_collection(tenant, cid, collection["dimensions"])
         self.store.delete_document(tenant, cid, doc)  # a rerun after a crash may have left a partial set
-        metadata = self._metadata(tenant, cid, doc)
         chunks, tokens = [], 0
         for start in range(0, len(pieces), BATCH):
             batch = pieces[start:start + BATCH]
             vectors, used = self.embed(collection["embedding_model"], [p.text for p in batch])
             tokens += used
             rows = [{"id": f"{doc}:{p.index}", "document_id": doc, "text": p.text, "vector": v,
-                     "metadata": metadata} for p, v in zip(batch, vectors)]
+                     "metadata": started.metadata} for p, v in zip(batch, vectors)]
             self.store.upsert(tenant, cid, rows)
             chunks += rows
             self._progress(job_id, chunks_done=len(chunks), tokens=tokens)
-        return chunks
-
-    def _metadata(self, tenant: str, cid: str, doc: str) -> dict:
-        found = self.jobs.get_document(tenant, cid, doc)
-        if found is None:
-            raise Cancelled()
-        return found["metadata"]
+        return chunks, tokens
 
     def _graph(self, job_id: str, tenant: str, cid: str, doc: str, chunks: list[dict]) -> None:
         self._progress(job_id, stage="graph")
@@ -138,7 +134,7 @@ class Ingest(RagDependencies):
         job_id = (envelope.get("context") or {}).get("job_id")
         if not job_id or envelope.get("error"):
             return
-        fallback = self.config.get("embedding_model")
+        fallback = self.config.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
         done = Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
                          lambda model: tokenizer_for(self.calls, model, fallback), self.graph,
                          self.extractor).run(job_id)

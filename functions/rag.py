@@ -11,24 +11,22 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 
 from eventlet import tpool
 from nameko.rpc import rpc
 
-from scaigrid.adapters.documents.extract import UnsupportedDocument, extract_text
+from scaigrid.adapters.documents import UnsupportedDocument, extract_text, media_type_of
 from scaigrid.adapters.sql.rag_store import NameTaken
 from scaigrid.adapters.vector.base import VectorStoreError
-from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden, NotFound
+from scaigrid.runtime.errors import BadRequest, Conflict, NotFound
 
-from .access import MEMBER, list_page, page_args, principal_of
-from .embedding_client import embed, record_usage
+from .access import list_page, page_args, principal_of, require_manager, require_model
+from .embedding_client import DEFAULT_EMBEDDING_MODEL, embed, record_usage
 from .rag_dependencies import RagDependencies
 from .rag_context import citations_of, inject_context, last_user_text
 from .retrieval import Retriever
 
-DEFAULT_MODEL = "all-minilm-l6-v2"
-DEFAULTS = {"embedding_model": DEFAULT_MODEL, "chunk_size": 200, "chunk_overlap": 40, "max_context_chars": 6000}
+DEFAULTS = {"embedding_model": DEFAULT_EMBEDDING_MODEL, "chunk_size": 200, "chunk_overlap": 40, "max_context_chars": 6000}
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or <s> </s>): the model's window holds the chunk plus these
 
 
@@ -43,16 +41,13 @@ class Rag(RagDependencies):
     def _setting(self, name: str):
         return self.config.get(name, DEFAULTS.get(name))
 
-    def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
-        return embed(self.calls, model, texts)
-
     def _retriever(self, model: str, spent: dict[str, int]) -> Retriever:
         """A retriever whose query embeddings are counted in `spent` (model -> tokens) and made once per text."""
         seen: dict[str, list[float]] = {}
 
         def embed_query(text: str) -> list[float]:
             if text not in seen:
-                vectors, tokens = self._embed(model, [text])
+                vectors, tokens = embed(self.calls, model, [text])
                 seen[text], spent[model] = vectors[0], spent.get(model, 0) + tokens
             return seen[text]
 
@@ -63,12 +58,13 @@ class Rag(RagDependencies):
         for model, tokens in spent.items():
             record_usage(self.calls, envelope, f"embed:{model}", model, tokens)
 
-    def _collection(self, envelope: dict, param: str | None = None) -> tuple[str, dict]:
+    def _collection(self, envelope: dict, count_documents: bool = False) -> tuple[str, dict]:
+        """(tenant, the collection the path names, by id or name), else 404."""
         tenant = principal_of(envelope)["tenant_id"]
         ref = envelope["request"]["path"]["collection_id"]
-        found = self.docs.get_collection(tenant, ref)
+        found = self.docs.get_collection(tenant, ref, count_documents)
         if found is None:
-            raise collection_not_found(ref, param)
+            raise collection_not_found(ref)
         return tenant, found
 
     # collections --------------------------------------------------------------------------------------------
@@ -76,13 +72,10 @@ class Rag(RagDependencies):
     def create_collection(self, envelope: dict) -> dict:
         """POST /api/v1/collections — tenant admin. The embedding model is fixed for the collection's life."""
         principal = principal_of(envelope)
-        if principal["role"] == MEMBER:
-            raise Forbidden("only a tenant admin may create collections", code="tenant_admin_only")
+        require_manager(principal, principal["tenant_id"])
         body = envelope["request"]["body"]
         model = body.get("embedding_model") or self._setting("embedding_model")
-        if principal.get("models") is not None and model not in principal["models"]:
-            raise Forbidden(f"this API key may not use model '{model}'", code="model_not_allowed",
-                            param="embedding_model")
+        require_model(principal.get("models"), model, "embedding_model")
         info = self.calls.call("inference.embedding_model", model)
         size = body.get("chunk_size") or min(self._setting("chunk_size"), info["max_tokens"] - SPECIAL_TOKENS)
         overlap = body.get("chunk_overlap")
@@ -117,14 +110,14 @@ class Rag(RagDependencies):
     @rpc
     def get_collection(self, envelope: dict) -> dict:
         """GET /api/v1/collections/{collection_id} (an id or the name)."""
-        envelope["response"] = self._collection(envelope)[1]
+        envelope["response"] = self._collection(envelope, count_documents=True)[1]
         return envelope
 
     @rpc
     def delete_collection(self, envelope: dict) -> dict:
         """DELETE /api/v1/collections/{collection_id} — tenant admin; chunks, graph and documents go with it."""
-        if principal_of(envelope)["role"] == MEMBER:
-            raise Forbidden("only a tenant admin may delete collections", code="tenant_admin_only")
+        principal = principal_of(envelope)
+        require_manager(principal, principal["tenant_id"])
         tenant, found = self._collection(envelope)
         # the stores first: should one fail, the collection is still listed and the delete can be repeated
         self.vectors.drop_collection(tenant, found["id"])
@@ -141,28 +134,26 @@ class Rag(RagDependencies):
         indexing runs as a job (the route's after-step `ingest.run`): 202 with the document and its job id."""
         tenant, found = self._collection(envelope)
         body = envelope["request"]["body"]
+        content_type = body.get("content_type") or None
         if body.get("text") is not None:
             data = body["text"].encode()
-            content_type = body.get("content_type") or None
+            if content_type is None and "." not in body["name"]:
+                content_type = "text/plain"  # a text body whose name says nothing
         else:
             try:
                 data = base64.b64decode(body["content_base64"], validate=True)
             except (binascii.Error, ValueError):
                 raise BadRequest("content_base64 is not valid base64", param="content_base64") from None
-            content_type = body.get("content_type")
-        if body.get("text") is not None and content_type is None and "." not in body["name"]:
-            content_type = "text/plain"
         try:
-            text = tpool.execute(extract_text, data, content_type, body["name"])
+            media_type = media_type_of(content_type, body["name"])
+            text = tpool.execute(extract_text, data, media_type)
         except UnsupportedDocument as exc:
             raise BadRequest(str(exc), code="unsupported_document", param="content_type") from None
         if not text.strip():
             raise BadRequest("the document has no text to index (a scanned PDF needs OCR first)",
                              code="empty_document")
-        kind = content_type or {"pdf": "application/pdf", "html": "text/html", "md": "text/markdown"}.get(
-            body["name"].rsplit(".", 1)[-1].lower(), "text/plain")
         document, job = self.docs.add_document(tenant, found["id"], {
-            "name": body["name"], "content_type": kind.split(";")[0], "bytes": len(data),
+            "name": body["name"], "content_type": media_type, "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "meta": body.get("metadata") or {}, "text": text})
         # the after-step gets this envelope: it needs the job, not the upload again
         envelope["request"]["body"] = {"name": body["name"]}
@@ -234,20 +225,13 @@ class Rag(RagDependencies):
         """GET /api/v1/collections/{collection_id}/search?q=... and POST .../search {query, ...}."""
         tenant, found = self._collection(envelope)
         body = envelope["request"].get("body") or {}
-        if not body:  # the GET form
+        if not body:  # the GET form, validated by SearchQuery (filters parsed from their JSON there)
             query = envelope["request"]["query"]
-            try:
-                filters = json.loads(query["filters"]) if query.get("filters") else {}
-            except ValueError:
-                raise BadRequest("filters is not valid JSON", param="filters") from None
-            if not isinstance(filters, dict) or any(isinstance(v, (dict, list)) for v in filters.values()):
-                raise BadRequest('filters must be a JSON object of plain values, e.g. {"lang":"en"}',
-                                 param="filters")
-            body = {"query": query["q"], "top_k": query.get("top_k", 5), "mode": query.get("mode"),
-                    "filters": filters}
+            body = {"query": query["q"], "top_k": query["top_k"], "mode": query.get("mode"),
+                    "filters": query.get("filters")}
         spent: dict[str, int] = {}
         try:
-            mode, hits = self._search(tenant, found, body["query"], int(body["top_k"]), body.get("mode"),
+            mode, hits = self._search(tenant, found, body["query"], body["top_k"], body.get("mode"),
                                       body.get("filters") or {}, {}, spent, body.get("weights"))
         finally:
             self._bill(envelope, spent)

@@ -84,3 +84,13 @@ def test_short_text_is_one_chunk_and_bad_overlap_is_refused(tokenizer):
     with pytest.raises(ValueError):
         chunk_text("x", tokenizer, size=10, overlap=10)
     assert chunk_text("", tokenizer) == []
+
+
+def test_media_type_is_the_given_one_when_readable_else_the_extensions():
+    from scaigrid.adapters.documents import media_type_of
+
+    assert media_type_of("text/x-markdown; charset=utf-8", "notes") == "text/x-markdown"
+    assert media_type_of(None, "page.htm") == "text/html"  # the extension's, for every spelling extract_text reads
+    assert media_type_of("application/octet-stream", "guide.PDF") == "application/pdf"
+    with pytest.raises(UnsupportedDocument, match="text/plain, text/markdown, text/html or application/pdf"):
+        media_type_of(None, "report.docx")

@@ -27,6 +27,17 @@ def kind_of(content_type: str | None, filename: str | None) -> str:
                               f"text/markdown, text/html or application/pdf")
 
 
+MEDIA_TYPES = {"text": "text/plain", "markdown": "text/markdown", "html": "text/html", "pdf": "application/pdf"}
+
+
+def media_type_of(content_type: str | None, filename: str | None) -> str:
+    """The document's media type: the one given, when this module reads it, else the one the name's extension
+    implies. UnsupportedDocument (naming what is accepted) when neither is readable."""
+    kind = kind_of(content_type, filename)
+    given = (content_type or "").split(";")[0].strip().lower()
+    return given if given in SUPPORTED else MEDIA_TYPES[kind]
+
+
 def _tidy(text: str) -> str:
     # NUL carries no meaning (PDF extraction produces some) and PostgreSQL text cannot hold it
     text = text.replace("\r\n", "\n").replace("\u00a0", " ").replace("\x00", "")

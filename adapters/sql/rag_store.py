@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,14 @@ from .rag_models import IngestionJob, RagCollection, RagDocument
 
 class NameTaken(Exception):
     pass
+
+
+class StartedJob(NamedTuple):
+    job: dict
+    collection: dict
+    tenant: str
+    text: str  # the document's extracted text
+    metadata: dict  # the document's, copied onto each chunk
 
 
 def collection_dict(c: RagCollection, documents: int | None = None) -> dict[str, Any]:
@@ -60,20 +68,18 @@ class RagRepository:
                 raise NameTaken(f"a collection named {fields['name']!r} exists already") from None
             return collection_dict(c, 0)
 
-    def find_collection(self, tenant_id: str, ref: str) -> RagCollection | None:
-        """By id, or by name (names are unique per tenant): chat requests may name either."""
+    def get_collection(self, tenant_id: str, ref: str, count_documents: bool = False) -> dict | None:
+        """By id, or by name (names are unique per tenant): chat requests may name either. The document count only
+        when asked (the API's GET shows it; searches and chat requests need not pay for it)."""
         with self.sessions() as s:
             where = RagCollection.id == _uuid(ref) if _uuid(ref) else RagCollection.name == ref
-            return s.scalars(select(RagCollection).where(RagCollection.tenant_id == uuid.UUID(tenant_id),
-                                                         where)).first()
-
-    def get_collection(self, tenant_id: str, ref: str) -> dict | None:
-        c = self.find_collection(tenant_id, ref)
-        if c is None:
-            return None
-        with self.sessions() as s:
-            count = s.scalar(select(func.count()).where(RagDocument.collection_id == c.id))
-        return collection_dict(c, count)
+            c = s.scalars(select(RagCollection).where(RagCollection.tenant_id == uuid.UUID(tenant_id),
+                                                      where)).first()
+            if c is None:
+                return None
+            count = s.scalar(select(func.count()).where(RagDocument.collection_id == c.id)) if count_documents \
+                else None
+            return collection_dict(c, count)
 
     def list_collections(self, tenant_id: str, limit: int, after: str | None) -> tuple[list[dict], bool]:
         with self.sessions() as s:
@@ -162,9 +168,9 @@ class RagRepository:
                                                      IngestionJob.id == uuid.UUID(job_id))).first()
             return job_dict(j) if j else None
 
-    def start_job(self, job_id: str) -> tuple[dict, dict, str, str] | None:
-        """Mark the job running (again, after a crash) and return (job, collection, document text, tenant); None when
-        there is nothing left to do (the document or collection was deleted, or the job already ended)."""
+    def start_job(self, job_id: str) -> StartedJob | None:
+        """Mark the job running (again, after a crash) and return what it works on; None when there is nothing left
+        to do (the document or collection was deleted, or the job already ended)."""
         with self.sessions() as s:
             j = s.get(IngestionJob, uuid.UUID(job_id), with_for_update=True)
             if j is None or j.document_id is None or j.status in ("succeeded", "cancelled"):
@@ -176,7 +182,7 @@ class RagRepository:
             j.started_at = d.updated_at = datetime.now(timezone.utc)  # a value, not now(): job_dict reads it back
             d.status, d.error = "running", None
             s.commit()
-            return job_dict(j), collection_dict(c), d.text, str(j.tenant_id)
+            return StartedJob(job_dict(j), collection_dict(c), str(j.tenant_id), d.text, d.meta or {})
 
     def progress(self, job_id: str, **values) -> bool:
         """Update a running job's stage and counts; False when it was cancelled meanwhile (stop working)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Json, model_validator
 
 from .native_schemas import Body
 
@@ -18,6 +18,14 @@ def _no_empty_keys(v: dict[str, Any]) -> dict[str, Any]:
     if any(not key for key in v):
         raise ValueError("keys must not be empty")
     return v
+
+
+def _json_text_of_at_most(limit: int):
+    def check(v: Any) -> Any:
+        if isinstance(v, str) and len(v) > limit:
+            raise ValueError(f"at most {limit} characters")
+        return v
+    return check
 
 
 # Flat string/number/boolean/null values: what every vector store can filter on by equality.
@@ -139,7 +147,8 @@ class SearchQuery(BaseModel):
     q: str = Field(min_length=1, max_length=4000)
     top_k: int = Field(5, ge=1, le=100)
     mode: Mode | None = None
-    filters: str | None = Field(None, max_length=4000, description='metadata equality as JSON, e.g. {"lang":"en"}')
+    filters: Annotated[Json[Metadata], BeforeValidator(_json_text_of_at_most(4000))] | None = Field(
+        None, description='metadata equality as JSON, e.g. {"lang":"en"}')
 
 
 class SearchHit(BaseModel):
