@@ -23,9 +23,11 @@ from .access import MEMBER, PLATFORM, principal_of, require_manager, require_pla
 from .pricing import cost_of, estimate, registry
 
 _log = logging.getLogger("scaigrid.accounting")
-TOKENS = Counter("scaigrid_tokens_total", "Tokens recorded in the ledger", ["tenant", "model", "kind"])
-SPEND = Counter("scaigrid_spend_micros_total", "Spend recorded in the ledger, micro-units", ["tenant", "model"])
-REQUESTS = Counter("scaigrid_usage_records_total", "Usage records written to the ledger", ["tenant", "model"])
+# Bounded labels only: a model id from the registry (anything else is "other"), never a tenant: per-tenant figures
+# live in the ledger (GET /api/v1/usage), where a million tenants cost rows, not Prometheus series.
+TOKENS = Counter("scaigrid_tokens_total", "Tokens recorded in the ledger", ["model", "kind"])
+SPEND = Counter("scaigrid_spend_micros_total", "Spend recorded in the ledger, micro-units", ["model"])
+REQUESTS = Counter("scaigrid_usage_records_total", "Usage records written to the ledger", ["model"])
 
 
 def _duration(seconds: int) -> str:
@@ -43,6 +45,17 @@ def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
             headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used - 1))
             headers[f"x-ratelimit-reset-{kind}"] = "60s" if used else "0s"
     return headers
+
+
+LIMIT_NAMES = {"rpm": "requests per minute", "tpm": "tokens per minute", "daily_budget": "daily budget",
+               "monthly_budget": "monthly budget"}
+
+
+def refusal(verdict: Verdict) -> RateLimited:
+    """A 429 that says whose limit, which one and when to retry (Retry-After comes from its details)."""
+    return RateLimited(f"the {verdict.scope}'s {LIMIT_NAMES[verdict.limit_name]} ({verdict.limit}) is used up; "
+                       f"retry in {verdict.retry_after_s}s", code=f"{verdict.limit_name}_exceeded",
+                       details={"retry_after": verdict.retry_after_s})
 
 
 def _day(value: str | None, default: date) -> date:
@@ -68,13 +81,29 @@ class Accounting:
         verdict, reservation = self.limiter.admit(principal["key_id"], principal["tenant_id"], envelope["id"],
                                                   tokens, cost)
         envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict))
-        if not verdict.admitted:  # Retry-After comes from the error's details
-            what = {"rpm": "requests per minute", "tpm": "tokens per minute", "daily_budget": "daily budget",
-                    "monthly_budget": "monthly budget"}[verdict.limit_name]
-            raise RateLimited(f"the {verdict.scope}'s {what} ({verdict.limit}) is used up; retry in "
-                              f"{verdict.retry_after_s}s", code=f"{verdict.limit_name}_exceeded",
-                              details={"retry_after": verdict.retry_after_s})
+        if not verdict.admitted:
+            raise refusal(verdict)
         envelope["context"]["accounting"] = reservation
+        return envelope
+
+    @rpc
+    def top_up(self, envelope: dict) -> dict:
+        """After the steps that grow the prompt (plugins.before, rag.augment): the reservation grows to what the
+        model will really see, atomically, and is refused like `admit` when a limit was used up meanwhile; so at
+        most one admitted request still ends past a limit. No Redis trip when the prompt did not grow."""
+        principal, reservation = envelope.get("principal"), envelope["context"].get("accounting")
+        if not principal or not reservation:
+            return envelope
+        tokens, cost = estimate(envelope["request"], registry(self.graph.graph).get(envelope["request"].get("model")))
+        more_tokens, more_cost = max(0, tokens - reservation["tokens"]), max(0, cost - reservation["cost"])
+        if not (more_tokens or more_cost):
+            return envelope
+        verdict = self.limiter.top_up(principal["key_id"], principal["tenant_id"], envelope["id"], reservation,
+                                      more_tokens, more_cost)
+        if not verdict.admitted:
+            raise refusal(verdict)
+        reservation["tokens"] += more_tokens
+        reservation["cost"] += more_cost
         return envelope
 
     @batch(max_size=500, max_delay=0.05)
@@ -86,6 +115,7 @@ class Accounting:
             usage = env.get("usage") or {}
             prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             model_id = env["request"].get("model")
+            model_id = model_id[:128] if isinstance(model_id, str) else None  # the column's width: never a poison row
             cost = cost_of(models.get(model_id), prompt, completion)
             principal = env.get("principal") or {}
             reservation = env["context"].get("accounting")
@@ -98,15 +128,16 @@ class Accounting:
                          "route": env["route"], "model": model_id, "prompt_tokens": prompt,
                          "completion_tokens": completion, "cost_micros": cost,
                          "latency_ms": float(env["context"].get("route_ms") or 0.0),
-                         "status": int(error.get("status") or 200), "error_code": error.get("code")})
+                         "status": int(error.get("status") or 200), "error_code": error.get("code"),
+                         "client_request_id": env.get("client_request_id")})
         self.limiter.reconcile(reconcile)
         self.ledger.insert_batch(rows)
         for row in rows:
-            tenant, model = row["tenant_id"] or "-", row["model"] or "-"
-            REQUESTS.labels(tenant, model).inc()
-            TOKENS.labels(tenant, model, "prompt").inc(row["prompt_tokens"])
-            TOKENS.labels(tenant, model, "completion").inc(row["completion_tokens"])
-            SPEND.labels(tenant, model).inc(row["cost_micros"])
+            model = row["model"] if row["model"] in models else "other"
+            REQUESTS.labels(model).inc()
+            TOKENS.labels(model, "prompt").inc(row["prompt_tokens"])
+            TOKENS.labels(model, "completion").inc(row["completion_tokens"])
+            SPEND.labels(model).inc(row["cost_micros"])
 
     @rpc
     def usage(self, envelope: dict) -> dict:

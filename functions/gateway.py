@@ -8,6 +8,7 @@ import time
 import uuid
 
 import eventlet
+from eventlet.queue import Empty
 from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -17,13 +18,16 @@ from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime import metrics
 from scaigrid.runtime.envelope import new_envelope
-from scaigrid.runtime.errors import NotFound, StepError, Unavailable, as_step_error
+from scaigrid.runtime.errors import NotFound, StepError, StepTimeout, Unavailable, as_step_error
 from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.lifecycle import inflight
 from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
 
+from .access import require_model
 from .http_api import HANDLERS
+from .http_api.body import read_body
+from .http_api.disconnect import watch_disconnect
 from .http_api.json_route import answer_of
 from .http_api.docs_page import docs_asset, docs_page
 from .http_api.openapi import document as openapi_document
@@ -33,10 +37,20 @@ _log = logging.getLogger("scaigrid.gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def request_id_of(request: Request) -> str:
-    """The caller's x-request-id when it is sane, else a fresh one."""
+# Run before the body is read: nothing of a request is read or parsed until its key is known good, and a caller
+# who is nobody gets no after-steps (no ledger row, no series).
+AUTHENTICATE = frozenset({"auth.authenticate"})
+
+
+def new_request_id() -> str:
+    """The id that keys billing, limits, streams and cancellation: always ours, never the caller's."""
+    return f"req_{uuid.uuid4().hex}"
+
+
+def client_request_id(request: Request) -> str | None:
+    """The caller's own x-request-id when it is sane: kept as their reference (echoed, logged, stored), never a key."""
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+    return given if REQUEST_ID.match(given) else None
 
 
 def credentials(request: Request) -> dict:
@@ -115,9 +129,11 @@ class Gateway:
     def dispatch(self, request: Request, path: str) -> Response:
         """Every graph route: parse with the route's handler, run the steps, render the envelope."""
         started = time.perf_counter()
-        rid = request_id_of(request)
-        bind(request_id=rid, function=self.name, step=None)
+        rid, client_rid = new_request_id(), client_request_id(request)
+        bind(request_id=rid, client_request_id=client_rid, function=self.name, step=None)
         headers = {"x-request-id": rid}
+        if client_rid:
+            headers["x-client-request-id"] = client_rid
         route_name, status = "-", 500
         try:
             if inflight.draining:
@@ -127,12 +143,17 @@ class Gateway:
                 route_name, path_values = self._match(request)
                 route = self.routes.graph.routes[route_name]
                 handler = HANDLERS[route.handler]
-                parsed = handler.parse(request, route_name, path_values)
-                envelope = new_envelope(route_name, parsed, request_id=rid, secrets=credentials(request))
+                envelope = new_envelope(route_name, {"path": path_values}, request_id=rid,
+                                        client_request_id=client_rid, secrets=credentials(request))
+                envelope, first = self.routes.run_leading(route_name, envelope, AUTHENTICATE)
+                read_body(request, route.max_body or handler.max_body)
+                envelope["request"] = parsed = handler.parse(request, route_name, path_values)
+                if envelope.get("principal"):  # the body names the model: the key's allow-list applies now
+                    require_model(envelope["principal"].get("models"), parsed.get("model"))
                 if handler.wants_stream(parsed):
-                    response = self._stream(request, route_name, handler, envelope, headers)
+                    response = self._stream(request, route_name, handler, envelope, headers, first)
                 else:
-                    envelope = self.routes.run(route_name, envelope)
+                    envelope = self._run_watched(request, route_name, envelope, first)
                     headers.update(envelope["context"].get("headers", {}))
                     headers["Server-Timing"] = server_timing(envelope["timings"])
                     headers["x-scaigrid-overhead-ms"] = overhead_ms(started, envelope["timings"])
@@ -151,7 +172,16 @@ class Gateway:
             status=status, ms=round(elapsed * 1000, 3))
         return response
 
-    def _stream(self, request: Request, route_name: str, handler, envelope: dict, headers: dict) -> Response:
+    def _run_watched(self, request: Request, route_name: str, envelope: dict, first: int) -> dict:
+        """Run the route; a client that hangs up meanwhile cancels its generation (as a stream's does)."""
+        watcher = eventlet.spawn(watch_disconnect, request.environ, lambda: self.chunks.cancel(envelope["id"]))
+        try:
+            return self.routes.run(route_name, envelope, first)
+        finally:
+            watcher.kill()
+
+    def _stream(self, request: Request, route_name: str, handler, envelope: dict, headers: dict,
+                start: int = 0) -> Response:
         """Run the route in its own greenthread; relay the chunks it publishes to this process as SSE."""
         rid = envelope["id"]
         chunks = self.chunks.open(rid)
@@ -159,8 +189,9 @@ class Gateway:
         wait = self.routes.graph.route_timeout(route_name)
 
         def run_route():
+            bind(request_id=rid, client_request_id=envelope.get("client_request_id"), function=self.name, step=None)
             try:
-                chunks.put(("done", self.routes.run(route_name, envelope)))
+                chunks.put(("done", self.routes.run(route_name, envelope, start)))
             except Exception as exc:
                 chunks.put(("error", as_step_error(exc)))
             finally:
@@ -168,7 +199,11 @@ class Gateway:
 
         inflight.enter()
         eventlet.spawn(run_route)
-        first = chunks.get(timeout=wait)
+        try:
+            first = chunks.get(timeout=wait)
+        except Empty:  # nothing came in the route's whole time: stop the work, free the entry, say so
+            first = ("error", StepTimeout(f"no answer from route '{route_name}' in {wait:g}s"))
+            self.chunks.cancel(rid)
         if first[0] == "error":  # failed before streaming anything: a plain error answer
             self.chunks.close(rid)
             raise first[1]
@@ -189,9 +224,8 @@ class Gateway:
                         expected = value["context"]["stream"].get("sent", 0)
                         if expected == 0 and received == 0 and value.get("response") is not None:
                             yield handler.render_chunk(answer_of(value))  # answered without streaming
-                    else:
+                    else:  # a failure or a timeout mid-stream: said in the stream; finally cancels what may still run
                         yield handler.render_stream_error(value)
-                        finished = True
                         return
                     if expected is not None and received >= expected:
                         for data in self._chunk_steps(route_name, envelope, None, final=True):
@@ -199,7 +233,10 @@ class Gateway:
                         yield handler.render_end(done)
                         finished = True
                         return
-                    item = chunks.get(timeout=wait)
+                    try:
+                        item = chunks.get(timeout=wait)
+                    except Empty:
+                        item = ("error", StepTimeout(f"the stream of route '{route_name}' stalled for {wait:g}s"))
             finally:
                 self.chunks.close(rid)
                 if not finished:  # the client left (or we timed out): stop the generation

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from nameko.rpc import rpc
+from prometheus_client import Gauge
 
 import base64
 
@@ -21,6 +22,9 @@ from scaigrid.runtime.errors import BadRequest, NotFound
 from scaigrid.runtime.streams import ChunkSender, StreamClosed
 
 STARTED = int(time.time())
+# livesum: the gateway's /metrics adds up every replica of the host (multiprocess folder); a model id label only
+GENERATIONS = Gauge("scaigrid_generations_in_flight", "Chat and completion generations running, by model",
+                    ["model"], multiprocess_mode="livesum")
 LOCAL_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
                      "top_logprobs", "logit_bias")
 
@@ -80,6 +84,10 @@ class Inference:
 
     def _generate(self, envelope: dict, path: str) -> dict:
         spec = self._spec(envelope["request"].get("model"), "chat")
+        with GENERATIONS.labels(spec["id"]).track_inprogress():
+            return self._generate_with(spec, envelope, path)
+
+    def _generate_with(self, spec: dict, envelope: dict, path: str) -> dict:
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
         if spec.get("backend") in LOCAL_BACKENDS:
@@ -163,9 +171,11 @@ class Inference:
                 raise BadRequest("a local model takes one prompt per request", code="unsupported_parameter",
                                  param="prompt")
             prompt = prompt[0]
+        # a request that names no limit gets the model's default (graph.yaml), not its whole context
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or spec.get("max_tokens")
         try:
             deltas = self.local.generate(
-                spec["id"], prompt, max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                spec["id"], prompt, max_tokens=max_tokens,
                 temperature=1.0 if body.get("temperature") is None else body["temperature"],
                 top_p=body.get("top_p") or 1.0, stop=body.get("stop"), seed=body.get("seed"))
         except ValueError as exc:  # the prompt does not fit the context, and the like
@@ -175,7 +185,7 @@ class Inference:
         kind = "chat.completion" if chat else "text_completion"
         writer = self.stream.open(envelope)
         if writer is None:
-            text = "".join(deltas)
+            text = self._collect(rid, deltas)
         else:
             text = None
             try:
@@ -200,6 +210,18 @@ class Inference:
         envelope["response"] = {"id": rid, "object": kind, "created": created, "model": spec["id"],
                                 "choices": [choice], "usage": usage}
         return envelope
+
+
+    def _collect(self, request_id: str, deltas) -> str:
+        """A non-streamed answer's text; generation stops as soon as the request is cancelled (its client hung
+        up, or its gateway stopped waiting): nobody will read the rest, and what was made is what gets billed."""
+        parts = []
+        for delta in deltas:
+            parts.append(delta)
+            if self.stream.is_cancelled(request_id):
+                deltas.close()
+                break
+        return "".join(parts)
 
 
 def _chunk(rid: str, created: int, model: str, delta, finish_reason, chat: bool) -> dict:

@@ -19,18 +19,21 @@ class FunctionConfig(DependencyProvider):
         return self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
 
 
-def _request_id(worker_ctx) -> str | None:
-    rid = worker_ctx.data.get("request_id")
-    if rid is None and worker_ctx.args and isinstance(worker_ctx.args[0], dict):
-        rid = worker_ctx.args[0].get("id")
-    return rid
+def _request_ids(worker_ctx) -> tuple[str | None, str | None]:
+    """(our request id, the caller's own x-request-id) of the envelope a step was given."""
+    rid, client = worker_ctx.data.get("request_id"), None
+    if worker_ctx.args and isinstance(worker_ctx.args[0], dict):
+        rid = rid or worker_ctx.args[0].get("id")
+        client = worker_ctx.args[0].get("client_request_id")
+    return rid, client
 
 
 class StepLog(DependencyProvider):
     """Binds request id, function and step to the worker's log lines and logs each step with its timing."""
 
     def worker_setup(self, worker_ctx):
-        bind(request_id=_request_id(worker_ctx), function=worker_ctx.service_name,
+        rid, client = _request_ids(worker_ctx)
+        bind(request_id=rid, client_request_id=client, function=worker_ctx.service_name,
              step=f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}", started=time.perf_counter())
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):

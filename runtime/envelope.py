@@ -13,7 +13,9 @@ class Envelope(BaseModel):
     """What a step receives and returns. Crosses RPC as a plain dict (msgpack): money is integer micro-units."""
 
     version: int = ENVELOPE_VERSION
-    id: str = Field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
+    id: str = Field(default_factory=lambda: f"req_{uuid.uuid4().hex}",
+                    description="minted by the gateway: the key of billing, limits, streams and cancellation")
+    client_request_id: str | None = Field(None, description="the caller's own x-request-id: a reference, never a key")
     route: str
     tenant: str | None = None
     principal: dict[str, Any] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
+import eventlet
 from eventlet.event import Event
 from kombu import Connection
 from nameko.amqp.publish import Publisher
@@ -12,7 +13,7 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import ReplyListener
 
 from . import metrics
-from .errors import StepError, as_step_error
+from .errors import StepError, StepTimeout, as_step_error
 from .graph import Graph, StepSpec
 from .graph_check import is_ingress, load_checked
 from .inline import InlineHost
@@ -20,8 +21,10 @@ from .logs import log
 from .remote import SERIALIZER, RemoteCaller
 from .service import after_event_type, after_queue, build_service, service_config
 from .settings import Settings
+from .streams import CANCEL_EXCHANGE
 
 _log = logging.getLogger("scaigrid.executor")
+CANCEL_GRACE_S = 2.0  # how long a timed-out step's late answer (its usage) is awaited after the cancel
 
 
 class RouteRunner:
@@ -47,13 +50,25 @@ class RouteRunner:
             return host.call(method, args, timeout, {"request_id": request_id})
         return self.remote.call(function, method, args, timeout, {"nameko.request_id": request_id})
 
-    def run(self, route_name: str, envelope: dict) -> dict:
-        """Run every step of the route in order (a step may end it early with `done`), then the after-steps."""
+    def run_leading(self, route_name: str, envelope: dict, names: frozenset[str]) -> tuple[dict, int]:
+        """Run the route's leading steps that are in `names` (the gateway: authentication, before it reads the
+        body) and say where `run` goes on. A failure here raises with no after-steps: nothing is handed on for a
+        request refused this early."""
+        steps = self.graph.routes[route_name].step_specs()
+        for i, step in enumerate(steps):
+            if step.step not in names:
+                return envelope, i
+            envelope = self._step(route_name, i, step, envelope)
+        return envelope, len(steps)
+
+    def run(self, route_name: str, envelope: dict, start: int = 0) -> dict:
+        """Run the route's steps in order from `start` (a step may end it early with `done`), then the
+        after-steps."""
         route = self.graph.routes[route_name]
         started = time.perf_counter()
         try:
             for i, step in enumerate(route.step_specs()):
-                if step.when is not None and not step.applies(envelope):
+                if i < start or (step.when is not None and not step.applies(envelope)):
                     continue
                 envelope = self._step(route_name, i, step, envelope)
                 if envelope.get("done"):
@@ -62,7 +77,11 @@ class RouteRunner:
             envelope["error"] = {"status": exc.status, "code": exc.code, "message": exc.message}
             envelope["context"]["route_ms"] = (time.perf_counter() - started) * 1000
             exc.envelope = envelope
-            self.after(route_name, envelope)
+            late_reply = getattr(exc, "late_reply", None)
+            if late_reply is not None:
+                eventlet.spawn(self._after_late, route_name, envelope, late_reply)
+            else:
+                self.after(route_name, envelope)
             raise
         envelope["context"]["route_ms"] = (time.perf_counter() - started) * 1000
         self.after(route_name, envelope)
@@ -79,6 +98,8 @@ class RouteRunner:
         except Exception as exc:
             err = as_step_error(exc)
             envelope["timings"][f"{index}:{step.step}"] = (time.perf_counter() - started) * 1000
+            if isinstance(err, StepTimeout):  # nobody waits for that work any more: tell it to stop
+                self.cancel(envelope["id"])
             metrics.STEP_ERRORS.labels(route_name, step.step, err.code or "error").inc()
             if err is not exc:
                 log(_log, logging.ERROR, "step failed", step=step.step, error=type(exc).__name__,
@@ -89,6 +110,15 @@ class RouteRunner:
         result["timings"][f"{index}:{step.step}"] = elapsed * 1000
         metrics.STEP_SECONDS.labels(route_name, step.step, placement).observe(elapsed)
         return result
+
+    def _after_late(self, route_name: str, envelope: dict, late_reply) -> None:
+        """After-steps of a route whose remote step timed out: that step, cancelled, still answers with what it
+        did until it stopped, and its usage goes on the envelope first, so the work done is accounted for (a
+        stream's tokens were delivered). Runs beside the answer, which does not wait for it."""
+        result = late_reply(CANCEL_GRACE_S)
+        if isinstance(result, dict) and result.get("usage"):
+            envelope["usage"] = result["usage"]
+        self.after(route_name, envelope)
 
     def after(self, route_name: str, envelope: dict) -> None:
         """Hand each after-step the envelope as a persistent event: it survives a consumer that is down."""
@@ -110,6 +140,13 @@ class RouteRunner:
             metrics.AFTER_PUBLISHED.labels(step).inc()
         except Exception as exc:  # the answer is already made; losing bookkeeping must be loud
             log(_log, logging.ERROR, "after-step not delivered", step=step, error=str(exc)[:300])
+
+    def cancel(self, request_id: str) -> None:
+        """Ask whichever replica works on this request to stop (steps check between units of work)."""
+        try:
+            self.after_publisher.publish({"rid": request_id}, exchange=CANCEL_EXCHANGE, routing_key="")
+        except Exception as exc:  # the caller is answered anyway; the work then runs to its own end
+            log(_log, logging.WARNING, "cancel not delivered", error=str(exc)[:300])
 
     def readiness(self) -> dict[str, int]:
         """Consumers on each remote function's queue this process calls (0 means its steps would fail)."""
@@ -157,7 +194,7 @@ class Executor(DependencyProvider):
         }
         after_queues = [after_queue(s.step) for r in self.graph.routes.values() for s in r.after_specs()]
         self.after_publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True,
-                                         delivery_mode=2, declare=after_queues)
+                                         delivery_mode=2, declare=after_queues + [CANCEL_EXCHANGE])
         self.remote = None
         # nameko starts a container's extensions concurrently: the web server may take a request before this
         # start() is done, so workers wait for it instead of finding no runner

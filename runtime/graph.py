@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 STEP_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z_][a-zA-Z0-9_]*$")
 NAME_RE = r"^[a-z][a-z0-9_]*$"
 WHEN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB)?$")
+SIZE_UNITS = {"": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 HTTP_RE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE)(,(GET|POST|PUT|PATCH|DELETE))* /\S*$")
 
 
@@ -84,6 +86,19 @@ class RouteSpec(Strict):
     after: list[StepRef] = Field(default_factory=list, description="steps delivered as durable events afterwards")
     chunks: list[StepRef] = Field(default_factory=list,
                                   description="inline steps run on every streamed chunk, in the gateway's relay")
+    max_body: int | None = Field(None, gt=0, description=(
+        "the largest request body this route reads, in bytes or as '8MiB' / '512KiB' (default: its handler's); "
+        "a longer one is refused with 413 and never buffered past the limit"))
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = SIZE_RE.match(v.strip())
+            if not m:
+                raise ValueError(f"'{v}' is not a size: give bytes, or a number with KiB, MiB or GiB")
+            return int(float(m.group(1)) * SIZE_UNITS[m.group(2) or ""])
+        return v
 
     @field_validator("http", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "pid": os.getpid(),
             "msg": record.getMessage(),
         }
-        for key in ("request_id", "step", "replica"):
+        for key in ("request_id", "client_request_id", "step", "replica"):
             value = getattr(current, key, None)
             if value is not None:
                 doc[key] = value

@@ -46,9 +46,21 @@ class RemoteCaller:
             with eventlet.Timeout(timeout):
                 body = reply.wait()
         except eventlet.Timeout:
-            self.reply_listener._reply_events.pop(correlation_id, None)
-            raise StepTimeout(f"step '{function}.{method}' took longer than {timeout:g}s") from None
+            late = StepTimeout(f"step '{function}.{method}' took longer than {timeout:g}s")
+            late.late_reply = lambda grace: self._late(correlation_id, reply, grace)
+            raise late from None
         error = body.get("error")
         if error:
             raise deserialize(error)
         return body["result"]
+
+    def _late(self, correlation_id: str, reply, grace: float):
+        """The result of a call that timed out, if it comes within `grace` seconds (a cancelled step answers with
+        what it did so far), else None; either way the reply is forgotten."""
+        try:
+            with eventlet.Timeout(grace, False):
+                body = reply.wait()
+                return None if body.get("error") else body.get("result")
+            return None
+        finally:
+            self.reply_listener._reply_events.pop(correlation_id, None)

@@ -12,6 +12,7 @@ import time
 import uuid
 
 import eventlet
+from cachetools import TTLCache
 from eventlet.event import Event
 from eventlet.queue import LightQueue
 from kombu import Connection, Exchange, Queue
@@ -23,11 +24,13 @@ from nameko.exceptions import deserialize_to_instance
 
 from .errors import StepError
 from .logs import log
+from .metrics import STREAMS_OPEN
 from .remote import SERIALIZER
 
 _log = logging.getLogger("scaigrid.streams")
 CANCEL_EXCHANGE = Exchange("scaigrid.cancel", type="fanout", durable=True)
 CANCEL_MEMORY_S = 300  # how long a cancelled request id is remembered
+CANCEL_MEMORY = 100_000  # and how many at most
 
 
 @deserialize_to_instance
@@ -93,11 +96,14 @@ class ChunkListener(DependencyProvider):
     def open(self, request_id: str) -> LightQueue:
         """Register before the route starts: chunk 0 can arrive before any RPC reply."""
         queue = LightQueue()
+        if request_id not in self.streams:
+            STREAMS_OPEN.labels(self.container.service_name).inc()
         self.streams[request_id] = queue
         return queue
 
     def close(self, request_id: str) -> None:
-        self.streams.pop(request_id, None)
+        if self.streams.pop(request_id, None) is not None:
+            STREAMS_OPEN.labels(self.container.service_name).dec()
 
     def cancel(self, request_id: str) -> None:
         """Tell whichever replica generates this request to stop."""
@@ -123,7 +129,7 @@ class StreamWriter:
 
     @property
     def cancelled(self) -> bool:
-        return self.request_id in self._sender.cancelled
+        return self._sender.is_cancelled(self.request_id)
 
     def send(self, data) -> None:
         """Publish one chunk now; raises StreamClosed when the client or its gateway is gone."""
@@ -153,7 +159,8 @@ class ChunkSender(DependencyProvider):
     def setup(self):
         amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
         self.publisher = Publisher(amqp_uri, serializer=SERIALIZER, use_confirms=True)
-        self.cancelled: dict[str, float] = {}
+        # bounded both ways: a flood of cancels costs at most CANCEL_MEMORY entries, each kept CANCEL_MEMORY_S
+        self.cancelled = TTLCache(CANCEL_MEMORY, CANCEL_MEMORY_S)
         self._stopped = False
         self._queue = Queue(f"scaigrid.cancel.{uuid.uuid4().hex}", exchange=CANCEL_EXCHANGE, exclusive=True,
                             auto_delete=True, durable=False)
@@ -170,10 +177,13 @@ class ChunkSender(DependencyProvider):
         self._stopped = True
 
     def _on_cancel(self, body, message):
-        now = time.monotonic()
-        self.cancelled[body["rid"]] = now
-        for rid in [r for r, t in self.cancelled.items() if now - t > CANCEL_MEMORY_S]:
-            del self.cancelled[rid]
+        rid = body.get("rid") if isinstance(body, dict) else None
+        if isinstance(rid, str):
+            self.cancelled[rid] = True
+
+    def is_cancelled(self, request_id: str) -> bool:
+        """Whether the request's caller gave up (hung up, timed out): work for it should stop now."""
+        return request_id in self.cancelled
 
     def get_dependency(self, worker_ctx):
         return self

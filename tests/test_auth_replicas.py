@@ -27,7 +27,7 @@ def new_key(graph, **body) -> dict:
 
 def gateway_pids_that_answered(graph, rid_prefix: str) -> set[int]:
     return {d["pid"] for d in graph.log_lines()
-            if d.get("msg") == "request" and str(d.get("request_id", "")).startswith(rid_prefix)}
+            if d.get("msg") == "request" and str(d.get("client_request_id", "")).startswith(rid_prefix)}
 
 
 def hit(graph, key: str, rid: str) -> int:

@@ -379,3 +379,30 @@ def test_another_tenant_can_never_reach_the_library(product, library):
     # and acme's library is as it was
     assert product.acme_tenant.get(f"/collections/{cid}").json()["documents"] == 5
     assert product.acme_tenant.search(cid, "4417", mode="keyword")[0]["document_name"] == "zephyr.md"
+
+
+def test_admission_counts_the_prompt_rag_adds(product, library):
+    """A tight TPM limit and RAG chats sent together: each is admitted on its small question, then its reservation
+    is topped up to the prompt with the sources in it (accounting.top_up), so at most one ends past the limit."""
+    import concurrent.futures as cf
+
+    admin = product.acme_tenant
+    tenant_id = admin.get("/me").json()["tenant"]["id"]
+    key = admin.post(f"/tenants/{tenant_id}/keys", json={"name": "tight", "role": "member"}).json()
+    limit = 800
+    assert admin.put(f"/keys/{key['id']}/limits", json={"tpm": limit}).status_code == 200
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "What does Marie Curie study?"}],
+            "max_tokens": 4, "temperature": 0, "rag": {"collections": ["library"], "top_k": 3}}
+
+    def ask(_):
+        return httpx.post(product.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+
+    with cf.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    served = [a.json()["usage"]["total_tokens"] for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert served and len(served) + len(refused) == 6, [a.text for a in answers if a.status_code not in (200, 429)]
+    assert all(a.json()["error"]["code"] == "tpm_exceeded" for a in refused)
+    # each question alone is far below the limit; with its sources it is not: the top-up refused the rest
+    assert sum(served) - max(served) <= limit, served

@@ -26,7 +26,9 @@ def metric(graph, name: str, **labels) -> float:
 def test_multi_step_route_across_inline_and_remote(mixed_graph):
     r = post(mixed_graph, "/pipeline", {"text": "hello"}, headers={"x-request-id": "req-test-multi-1"})
     assert r.status_code == 200, r.text
-    assert r.headers["x-request-id"] == "req-test-multi-1"
+    # the id is ours; the caller's is echoed as their reference
+    assert re.fullmatch(r"req_[0-9a-f]{32}", r.headers["x-request-id"])
+    assert r.headers["x-client-request-id"] == "req-test-multi-1"
     body = r.json()
     assert body["text"] == "HELLO"
     (inline_fn, inline_pid), (remote_fn, remote_pid) = [t.split("@") for t in body["trail"]]
@@ -52,12 +54,15 @@ def test_a_step_with_when_runs_only_when_its_path_holds_a_value(mixed_graph):
 
 
 def test_request_id_in_every_function_log(mixed_graph):
-    rid = "req-test-logs-7"
-    assert post(mixed_graph, "/pipeline", {"text": "x"}, headers={"x-request-id": rid}).status_code == 200
+    client_rid = "req-test-logs-7"
+    r = post(mixed_graph, "/pipeline", {"text": "x"}, headers={"x-request-id": client_rid})
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
     want = {"gateway", "gate", "tag_inline", "tag_remote", "shout", "audit"}
     deadline = time.monotonic() + 10  # a replica logs its step just after replying, the audit comes by event
     while time.monotonic() < deadline:
-        functions = {d["function"] for d in mixed_graph.log_lines() if d.get("request_id") == rid}
+        functions = {d["function"] for d in mixed_graph.log_lines()
+                     if d.get("request_id") == rid and d.get("client_request_id") == client_rid}
         if want <= functions:
             break
         time.sleep(0.1)

@@ -64,6 +64,36 @@ for s = 0, 1 do
 end
 return {1, cjson.encode(out)}
 """
+TOP_UP = """
+-- the same keys as ADMIT; ARGV: now, request id, more tokens, more cost, window
+local now, rid, more_t, more_c = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+for s = 0, 1 do
+  local k = s * 7
+  local lim = redis.call('HMGET', KEYS[k+1], 'tpm', 'daily_budget_micros', 'monthly_budget_micros')
+  local tpm, day, month = tonumber(lim[1]), tonumber(lim[2]), tonumber(lim[3])
+  if more_t > 0 and tpm and tonumber(redis.call('GET', KEYS[k+5]) or 0) >= tpm then
+    local oldest = redis.call('ZRANGE', KEYS[k+3], 0, 0, 'WITHSCORES')
+    return {0, s, 'tpm', tonumber(oldest[2] or now) + window - now, tpm}
+  end
+  if more_c > 0 and day and tonumber(redis.call('GET', KEYS[k+6]) or 0) >= day then
+    return {0, s, 'daily_budget', -1, day}
+  end
+  if more_c > 0 and month and tonumber(redis.call('GET', KEYS[k+7]) or 0) >= month then
+    return {0, s, 'monthly_budget', -2, month}
+  end
+end
+for s = 0, 1 do
+  local k = s * 7
+  if more_t > 0 and redis.call('HEXISTS', KEYS[k+4], rid) == 1 then
+    redis.call('HINCRBY', KEYS[k+4], rid, more_t); redis.call('INCRBY', KEYS[k+5], more_t)
+  end
+  if more_c > 0 then
+    redis.call('INCRBY', KEYS[k+6], more_c); redis.call('INCRBY', KEYS[k+7], more_c)
+  end
+end
+return {1}
+"""
 RECONCILE = """
 -- ARGV: 7 per request: id, key id, tenant id, day, month, real tokens, real cost - reserved cost
 local done = 0
@@ -113,11 +143,20 @@ def _seconds_until_next(period: str, now: float) -> int:
     return int(time.mktime((*next_month, 1, 0, 0, 0, 0, 0, 0)) - time.timezone - now)
 
 
+def _refused(result: list, now: float) -> Verdict:
+    """A script's refusal {0, scope, limit name, retry ms (-1: next day, -2: next month), limit} as a Verdict."""
+    _, scope, name, retry_ms, limit = result
+    name = name.decode() if isinstance(name, bytes) else name
+    retry = {-1: _seconds_until_next("day", now), -2: _seconds_until_next("month", now)}.get(retry_ms)
+    return Verdict(False, ("key", "tenant")[scope], name, retry or max(1, -(-retry_ms // 1000)), limit)
+
+
 class LimiterClient:
     def __init__(self, client: redis.Redis):
         self.redis = client
         self._admit = client.register_script(ADMIT)
         self._reconcile = client.register_script(RECONCILE)
+        self._top_up = client.register_script(TOP_UP)
 
     @staticmethod
     def periods(now: float) -> tuple[str, str]:
@@ -135,10 +174,16 @@ class LimiterClient:
         reservation = {"day": day, "month": month, "tokens": tokens, "cost": cost}
         if result[0] == 1:
             return Verdict(True, usage=json.loads(result[1])), reservation
-        _, scope, name, retry_ms, limit = result
-        name = name.decode() if isinstance(name, bytes) else name
-        retry = {-1: _seconds_until_next("day", now), -2: _seconds_until_next("month", now)}.get(retry_ms)
-        return Verdict(False, ("key", "tenant")[scope], name, retry or max(1, -(-retry_ms // 1000)), limit), {}
+        return _refused(result, now), {}
+
+    def top_up(self, key_id: str, tenant_id: str, request_id: str, reservation: dict, more_tokens: int,
+               more_cost: int) -> Verdict:
+        """Grow an admitted request's reservation, checked against the limits as admit checks (one round trip).
+        The counters of the day and month the request was admitted in are the ones topped up."""
+        now = time.time()
+        result = self._top_up(keys=self.keys(key_id, tenant_id, reservation["day"], reservation["month"]),
+                              args=[int(now * 1000), request_id, more_tokens, more_cost, WINDOW_MS])
+        return Verdict(True) if result[0] == 1 else _refused(result, now)
 
     def reconcile(self, items: list[tuple]) -> int:
         """Replace reservations with the real usage, once per request id (a redelivery is a no-op): one script

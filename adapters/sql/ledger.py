@@ -21,7 +21,7 @@ LIMIT_FIELDS = ("rpm", "tpm", "daily_budget_micros", "monthly_budget_micros")
 
 
 LEDGER_COLUMNS = ("request_id", "at", "tenant_id", "key_id", "route", "model", "prompt_tokens", "completion_tokens",
-                  "cost_micros", "latency_ms", "status", "error_code")
+                  "cost_micros", "latency_ms", "status", "error_code", "client_request_id")
 ROLLUP_UPSERT = """
 INSERT INTO usage_daily (day, tenant_id, key_id, model, requests, errors, prompt_tokens, completion_tokens, cost_micros)
 VALUES %s ON CONFLICT (day, tenant_id, key_id, model) DO UPDATE SET

@@ -78,6 +78,8 @@ class UsageRecord(Base):
     latency_ms: Mapped[float] = mapped_column(default=0.0)
     status: Mapped[int] = mapped_column(default=200)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the caller's own x-request-id: to find their request by, never a key (request_id is ours)
+    client_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class UsageDaily(Base):

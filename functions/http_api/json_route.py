@@ -27,6 +27,8 @@ def answer_of(envelope: dict) -> Any:
 class JsonRoute:
     """request = {body, path, query}; the answer is `envelope.response` as JSON (or an SSE stream of chunks)."""
 
+    max_body = 8 * 2**20  # a route's `max_body:` in graph.yaml overrides it
+
     def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
         body = None
         raw = request.get_data(cache=True)
