@@ -57,8 +57,9 @@ def test_same_value_same_placeholder_and_restore():
     assert after.response["choices"][0]["message"]["content"] == "write to c@d.io, not [EMAIL_3]"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/x", "http://10.1.2.3/", "http://169.254.169.254/latest",
-                                 "http://[::1]/", "http://localhost/"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/x", "http://10.1.2.3/", "http://[::1]/", "http://localhost/",
+                                 "http://[::ffff:127.0.0.1]/", "http://[::ffff:10.0.0.1]/", "http://100.64.0.1/",
+                                 "http://[2002:7f00:1::]/", "http://[64:ff9b::a00:1]/", "http://[fd00::1]/"])
 def test_webhook_refuses_private_targets(url, monkeypatch):
     monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
     with pytest.raises(BadRequest) as info:
@@ -70,9 +71,27 @@ def test_webhook_refuses_private_targets(url, monkeypatch):
     check_target(url)  # the operator allowed it
 
 
+@pytest.mark.parametrize("url", ["http://0.0.0.0:8080/", "http://[::]/", "http://224.0.0.1/", "http://[ff02::1]/",
+                                 "http://240.0.0.1/", "http://255.255.255.255/", "http://169.254.169.254/latest",
+                                 "http://[fe80::1]/", "http://[::ffff:169.254.169.254]/", "http://[::127.0.0.1]/"])
+def test_webhook_never_reaches_unspecified_multicast_link_local_reserved(url, monkeypatch):
+    """Not even with the operator's switch: none of these is a receiver, and 169.254.169.254 is the cloud
+    metadata service."""
+    for allowed in (False, True):
+        if allowed:
+            monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")
+        else:
+            monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
+        with pytest.raises(BadRequest) as info:
+            check_target(url)
+        assert info.value.code == "webhook_target_refused" and "never" in info.value.message
+
+
 def test_webhook_allows_public_targets(monkeypatch):
     monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
-    check_target("http://8.8.8.8/hook")
+    target = check_target("http://8.8.8.8/hook")
+    assert target.address == "8.8.8.8" and target.url.path == "/hook"
+    assert check_target("http://[2606:4700:4700::1111]/").address == "2606:4700:4700::1111"
     with pytest.raises(ValidationError):
         Webhook.Config(url="ftp://8.8.8.8/", secret="s")
 

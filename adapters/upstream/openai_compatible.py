@@ -16,7 +16,10 @@ import httpx
 from scaigrid.runtime.errors import BadRequest, StepError, UpstreamError
 from scaigrid.runtime.logs import log
 
+from .redact import guard_httpx_log, redact_url
+
 _log = logging.getLogger("scaigrid.upstream")
+guard_httpx_log()  # httpx's INFO line names the full upstream URL
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
@@ -29,6 +32,11 @@ class Deployment:
     api_key_env: str | None = None
     timeout: float = 60.0
     connect_timeout: float = 5.0
+
+    @property
+    def shown(self) -> str:
+        """The base URL as logs and error messages show it: scheme://host[:port], no path, query or userinfo."""
+        return redact_url(self.base_url)
 
     @classmethod
     def parse(cls, spec: dict, default_model: str) -> "Deployment":
@@ -80,13 +88,13 @@ class Upstream:
                                      headers=deployment.headers(),
                                      timeout=httpx.Timeout(deployment.timeout, connect=deployment.connect_timeout))
             except httpx.HTTPError as exc:
-                last = f"{deployment.base_url}: {type(exc).__name__}"
-                log(_log, logging.WARNING, "upstream call failed", upstream=deployment.base_url, attempt=attempt,
+                last = f"{deployment.shown}: {type(exc).__name__}"
+                log(_log, logging.WARNING, "upstream call failed", upstream=deployment.shown, attempt=attempt,
                     error=type(exc).__name__)
                 continue
             if r.status_code in RETRY_STATUS:
-                last = f"{deployment.base_url}: HTTP {r.status_code}"
-                log(_log, logging.WARNING, "upstream answered an error", upstream=deployment.base_url,
+                last = f"{deployment.shown}: HTTP {r.status_code}"
+                log(_log, logging.WARNING, "upstream answered an error", upstream=deployment.shown,
                     attempt=attempt, status=r.status_code)
                 continue
             if r.status_code >= 400:  # the caller's mistake: passing it on beats retrying it
@@ -111,7 +119,7 @@ class Upstream:
                                         timeout=httpx.Timeout(deployment.timeout,
                                                               connect=deployment.connect_timeout)) as r:
                     if r.status_code in RETRY_STATUS:
-                        last = f"{deployment.base_url}: HTTP {r.status_code}"
+                        last = f"{deployment.shown}: HTTP {r.status_code}"
                         continue
                     if r.status_code >= 400:
                         r.read()
@@ -129,13 +137,13 @@ class Upstream:
                     if sent:  # every OpenAI-compatible stream ends with [DONE]: without it, it was cut
                         raise UpstreamError(f"model '{self.model_id}': the upstream stream broke after {sent} "
                                             f"chunks (closed without [DONE])", code="upstream_stream_cut")
-                    last = f"{deployment.base_url}: empty stream"
+                    last = f"{deployment.shown}: empty stream"
             except (httpx.HTTPError, json.JSONDecodeError) as exc:
                 if sent:
                     raise UpstreamError(f"model '{self.model_id}': the upstream stream broke after {sent} chunks "
                                         f"({type(exc).__name__})", code="upstream_stream_cut") from None
-                last = f"{deployment.base_url}: {type(exc).__name__}"
-                log(_log, logging.WARNING, "upstream stream failed", upstream=deployment.base_url, attempt=attempt,
+                last = f"{deployment.shown}: {type(exc).__name__}"
+                log(_log, logging.WARNING, "upstream stream failed", upstream=deployment.shown, attempt=attempt,
                     error=type(exc).__name__)
         raise UpstreamError(f"model '{self.model_id}': every upstream failed (last: {last})", code="upstream_failed")
 
