@@ -13,14 +13,15 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import ReplyListener
 
 from . import metrics
-from .errors import StepError, StepTimeout, as_step_error
+from .after import AfterSteps
+from .errors import StepError, StepTimeout, Unavailable, as_step_error
 from .graph import Graph, StepSpec
 from .graph_check import is_ingress, load_checked
 from .inline import InlineHost
 from .logs import log
 from .remote import SERIALIZER, RemoteCaller
-from .service import after_event_type, after_queue, build_service, service_config
-from .settings import Settings
+from .service import build_service, service_config
+from .settings import DEFAULT_SPOOL_DIR, DEFAULT_SPOOL_MAX_BYTES, Settings
 from .streams import CANCEL_EXCHANGE
 
 _log = logging.getLogger("scaigrid.executor")
@@ -30,12 +31,13 @@ CANCEL_GRACE_S = 2.0  # how long a timed-out step's late answer (its usage) is a
 class RouteRunner:
     """What a worker sees: run a route, call one 'function.method', check readiness."""
 
-    def __init__(self, graph: Graph, remote: RemoteCaller, inline: dict[str, InlineHost], after: Publisher,
-                 amqp_uri: str):
+    def __init__(self, graph: Graph, remote: RemoteCaller, inline: dict[str, InlineHost], after: AfterSteps,
+                 control: Publisher, amqp_uri: str):
         self.graph = graph
         self.remote = remote
         self.inline = inline
-        self.after_publisher = after
+        self.after_steps = after
+        self.control = control
         self.amqp_uri = amqp_uri
 
     def placement(self, function: str) -> str:
@@ -66,6 +68,9 @@ class RouteRunner:
         after-steps."""
         route = self.graph.routes[route_name]
         started = time.perf_counter()
+        if route.after and self.after_steps.full:  # serving now would go unrecorded: refuse before any work
+            raise Unavailable("the broker has been unreachable too long to record more usage; retry shortly",
+                              code="usage_spool_full")
         try:
             for i, step in enumerate(route.step_specs()):
                 if i < start or (step.when is not None and not step.applies(envelope)):
@@ -121,30 +126,19 @@ class RouteRunner:
         self.after(route_name, envelope)
 
     def after(self, route_name: str, envelope: dict) -> None:
-        """Hand each after-step the envelope as a persistent event: it survives a consumer that is down."""
-        after = self.graph.routes[route_name].after_specs()
-        if after:
-            envelope = {k: v for k, v in envelope.items() if k != "secrets"}
-        for step in after:
-            self._publish(step.step, envelope)
+        """Hand each after-step the envelope as a persistent event, spooled to disk first: it survives a consumer
+        that is down, a broker restart and a SIGKILL of this process."""
+        for step in self.graph.routes[route_name].after_specs():
+            self.after_steps.hand(step.step, envelope)
 
     def emit(self, step: str, envelope: dict) -> None:
         """Hand an after-step an envelope made off a route's path (graph.yaml `emits:` of the calling function)."""
-        self._publish(step, {k: v for k, v in envelope.items() if k != "secrets"})
-
-    def _publish(self, step: str, envelope: dict) -> None:
-        try:
-            self.after_publisher.publish(envelope, exchange=after_queue(step).exchange,
-                                         routing_key=after_event_type(step),
-                                         extra_headers={"nameko.request_id": envelope["id"]})
-            metrics.AFTER_PUBLISHED.labels(step).inc()
-        except Exception as exc:  # the answer is already made; losing bookkeeping must be loud
-            log(_log, logging.ERROR, "after-step not delivered", step=step, error=str(exc)[:300])
+        self.after_steps.hand(step, envelope)
 
     def cancel(self, request_id: str) -> None:
         """Ask whichever replica works on this request to stop (steps check between units of work)."""
         try:
-            self.after_publisher.publish({"rid": request_id}, exchange=CANCEL_EXCHANGE, routing_key="")
+            self.control.publish({"rid": request_id}, exchange=CANCEL_EXCHANGE, routing_key="")
         except Exception as exc:  # the caller is answered anyway; the work then runs to its own end
             log(_log, logging.WARNING, "cancel not delivered", error=str(exc)[:300])
 
@@ -186,15 +180,17 @@ class Executor(DependencyProvider):
         else:
             needed = {ref.partition(".")[0] for ref in self.graph.functions[me].calls} if me else set()
         settings = Settings(amqp_uri=config[AMQP_URI_CONFIG_KEY], database_url=config["DATABASE_URL"],
-                            redis_url=config["REDIS_URL"], models_dir=config["MODELS_DIR"])
+                            redis_url=config["REDIS_URL"], models_dir=config["MODELS_DIR"],
+                            spool_dir=config.get("SPOOL_DIR", DEFAULT_SPOOL_DIR),
+                            spool_max_bytes=int(config.get("SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)))
         self.hosts = {
             name: InlineHost(build_service(self.graph, name, classes[name]),
                              service_config(self.graph, name, settings))
             for name in sorted(needed) if self.graph.functions[name].placement == "inline"
         }
-        after_queues = [after_queue(s.step) for r in self.graph.routes.values() for s in r.after_specs()]
-        self.after_publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True,
-                                         delivery_mode=2, declare=after_queues + [CANCEL_EXCHANGE])
+        self.after_steps = AfterSteps(config[AMQP_URI_CONFIG_KEY], config.get("SPOOL_DIR", DEFAULT_SPOOL_DIR),
+                                      int(config.get("SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)))
+        self.control = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, declare=[CANCEL_EXCHANGE])
         self.remote = None
         # nameko starts a container's extensions concurrently: the web server may take a request before this
         # start() is done, so workers wait for it instead of finding no runner
@@ -204,13 +200,15 @@ class Executor(DependencyProvider):
         self.remote = RemoteCaller(self.container.config, self.reply_listener)
         for host in self.hosts.values():
             host.start()
-        self.runner = RouteRunner(self.graph, self.remote, self.hosts, self.after_publisher,
+        self.runner = RouteRunner(self.graph, self.remote, self.hosts, self.after_steps, self.control,
                                   self.container.config[AMQP_URI_CONFIG_KEY])
+        self.after_steps.start()
         self._started.send(True)
 
     def stop(self):
         for host in self.hosts.values():
             host.stop()
+        self.after_steps.stop(float(self.container.config.get("GRACE_SECONDS", 10)))
 
     def get_dependency(self, worker_ctx):
         if not self._started.ready():

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from .graph import Graph
 from .graph_check import is_ingress
-from .settings import EXIT_CONFIG
+from .settings import EXIT_CONFIG, EXIT_STORE_DOWN
 
 BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # a replica that lived this long starts its restart backoff afresh
+SERVED_AFTER = 5.0  # a replica that lived this long got past its start-up checks
 
 
 def _say(msg: str, **fields) -> None:
@@ -38,6 +39,7 @@ class Replica:
     restarts: int = 0
     next_start: float = 0.0
     failed_config: bool = field(default=False)
+    served: bool = field(default=False)  # it got past its start-up checks once (lived past SERVED_AFTER)
 
     @property
     def label(self) -> str:
@@ -67,7 +69,10 @@ class Supervisor:
 
     def _on_exit(self, r: Replica, code: int) -> None:
         lived = time.monotonic() - r.started_at
-        if code == EXIT_CONFIG:
+        r.served = r.served or lived > SERVED_AFTER
+        if code == EXIT_STORE_DOWN and r.served:  # it was serving: the store will come back, so will it
+            r.restarts = min(r.restarts, 2)  # retry every 2 s, not ever more rarely
+        elif code in (EXIT_CONFIG, EXIT_STORE_DOWN):
             r.failed_config = True
             _say("replica cannot start; fix the problem above (not restarting)", level="error",
                  replica=r.label, exit_code=code)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import uuid
 
 import eventlet
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
 from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import deserialize
@@ -12,6 +14,7 @@ from nameko.rpc import ReplyListener, get_rpc_exchange
 from .errors import StepTimeout, Unavailable
 
 SERIALIZER = "msgpack"
+QUICK_RETRY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2}
 
 
 class RemoteCaller:
@@ -20,8 +23,12 @@ class RemoteCaller:
     def __init__(self, config: dict, reply_listener: ReplyListener):
         self.reply_listener = reply_listener
         self.exchange = get_rpc_exchange(config)
-        # kombu pools the connection and producer behind this publisher; confirms make a missing queue visible
-        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True)
+        # kombu pools the connection and producer behind this publisher; confirms make a missing queue visible.
+        # One quick retry (a pooled connection the broker dropped is replaced), then a clear 503: a caller must
+        # not wait out nameko's default of three connection attempts seconds apart while the broker is away.
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, use_confirms=True,
+                                   retry_policy=QUICK_RETRY)
+        self.publisher.transport_options = {**QUICK_RETRY, "interval_max": 0.5}  # connecting, too
 
     def call(self, function: str, method: str, args: tuple, timeout: float, headers: dict):
         correlation_id = str(uuid.uuid4())
@@ -42,6 +49,10 @@ class RemoteCaller:
             self.reply_listener._reply_events.pop(correlation_id, None)
             raise Unavailable(f"function '{function}' has no running replica; start it "
                               f"(scaigrid run {function}) or check graph.yaml", code="function_unavailable")
+        except (OSError, KombuError, AMQPError) as exc:  # the broker is away: say so, nothing was sent
+            self.reply_listener._reply_events.pop(correlation_id, None)
+            raise Unavailable(f"the message bus is unreachable, so step '{function}.{method}' could not be "
+                              f"sent ({type(exc).__name__}); retry shortly", code="bus_unavailable") from None
         try:
             with eventlet.Timeout(timeout):
                 body = reply.wait()

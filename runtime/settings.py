@@ -8,6 +8,9 @@ from pathlib import Path
 
 # exit code of a process that cannot start for a reason restarting will not cure (bad graph, store down)
 EXIT_CONFIG = 2
+# exit code of a replica that found a store (the broker, PostgreSQL, Redis) down at start: the supervisor gives up
+# on a first start (one clear line), but restarts, with backoff, a replica that had been serving
+EXIT_STORE_DOWN = 3
 
 DEFAULTS = {
     "SCAIGRID_AMQP_URI": "amqp://guest:guest@127.0.0.1:5672//",
@@ -17,7 +20,12 @@ DEFAULTS = {
     "SCAIGRID_MODELS_DIR": str(Path.home() / ".cache" / "scaigrid" / "models"),
     "SCAIGRID_LOG_LEVEL": "INFO",
     "SCAIGRID_GRACE_SECONDS": "20",
+    # after-step events not yet confirmed by the broker (runtime/spool.py); a restarted replica resends its own
+    "SCAIGRID_SPOOL_DIR": str(Path.home() / ".local" / "state" / "scaigrid" / "spool"),
+    "SCAIGRID_SPOOL_MAX_MB": "64",
 }
+DEFAULT_SPOOL_DIR = DEFAULTS["SCAIGRID_SPOOL_DIR"]
+DEFAULT_SPOOL_MAX_BYTES = int(DEFAULTS["SCAIGRID_SPOOL_MAX_MB"]) * 2**20
 
 
 def env(name: str) -> str:
@@ -38,3 +46,5 @@ class Settings:
     models_dir: str = field(default_factory=lambda: env("SCAIGRID_MODELS_DIR"))
     log_level: str = field(default_factory=lambda: env("SCAIGRID_LOG_LEVEL"))
     grace_seconds: float = field(default_factory=lambda: float(env("SCAIGRID_GRACE_SECONDS")))
+    spool_dir: str = field(default_factory=lambda: env("SCAIGRID_SPOOL_DIR"))
+    spool_max_bytes: int = field(default_factory=lambda: int(float(env("SCAIGRID_SPOOL_MAX_MB")) * 2**20))

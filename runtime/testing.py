@@ -55,6 +55,7 @@ class GraphProcess:
         self.env = {**os.environ, "SCAIGRID_AMQP_URI": self.vhost.uri,
                     "SCAIGRID_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
                     "SCAIGRID_GRACE_SECONDS": str(grace),
+                    "SCAIGRID_SPOOL_DIR": str(tmp / f"spool-{self.port}"),
                     # shared by every process of this graph, `scaigrid run` ones included
                     "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"), **(env or {})}
         self._log = open(self.log_path, "w")
