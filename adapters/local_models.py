@@ -23,6 +23,8 @@ class LocalModels:
         self.specs = {s["id"]: s for s in specs if s.get("backend") in LOCAL_BACKENDS}
         self.root = models_root
         self.batch = batch
+        # both keyed by registry ids only (load() looks the spec up before storing anything): bounded by the
+        # registry, never by what requests name
         self.loaded: dict = {}
         self.batchers: dict[str, DynamicBatcher] = {}
 

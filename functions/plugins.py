@@ -1,12 +1,15 @@
 """The plugin function: each tenant's chain of plugins before the model, after it, and on every streamed chunk.
 
 Placed inline: a tenant with no plugins costs a dictionary lookup per step. Chains change through the native API
-and apply everywhere within a second (PluginStore's cache is dropped over Redis pub/sub).
+and apply everywhere within a second (PluginStore's cache is dropped over Redis pub/sub). Both caches here are
+bounded (function config `plugin_cache_size`, `plugin_parsed_cache_size`): memory stays flat with the tenant count.
 """
 from __future__ import annotations
 
 import copy
 
+from cachetools import TTLCache
+from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 from pydantic import SecretStr, ValidationError
 
@@ -15,6 +18,23 @@ from scaigrid.runtime.errors import BadRequest, NotFound
 
 from .access import PLATFORM, principal_of, require_manager
 from .plugin_kinds import HookContext, kinds
+
+PARSED_CACHE_SIZE = 10_000  # plugins kept parsed per process: a kind instance and its config, ~0.8 KB each
+PARSED_TTL = 600.0  # and for at most this long, so memory follows the plugins in use, not every plugin ever seen
+
+
+class ParsedPlugins(DependencyProvider):
+    """Each plugin row's kind instance and validated config, made once per version of the row (it is rebuilt when
+    `updated_at` changes) rather than on every request. Function config `plugin_parsed_cache_size` (default
+    10,000 plugins): past it the least recently used go; an entry also goes PARSED_TTL after it was made. Either
+    way it comes back with one model_validate (kinds are stateless, so a fresh instance behaves the same)."""
+
+    def setup(self):
+        options = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
+        self.cache = TTLCache(max(1, int(options.get("plugin_parsed_cache_size", PARSED_CACHE_SIZE))), PARSED_TTL)
+
+    def get_dependency(self, worker_ctx):
+        return self.cache
 
 
 def _config_error(exc: ValidationError) -> BadRequest:
@@ -50,7 +70,7 @@ class Plugins:
     name = "plugins"
     stores = ("postgres", "redis")
     store = PluginStore()
-    _parsed: dict = {}  # plugin id -> (updated_at, plugin object, validated config): one entry per plugin
+    parsed = ParsedPlugins()  # plugin id -> (updated_at, plugin object, validated config)
 
     def _chain(self, envelope: dict, phase: str) -> list:
         tenant = envelope.get("tenant")
@@ -58,13 +78,12 @@ class Plugins:
             return []
         out = []
         for row in self.store.chain(tenant):
-            cached = Plugins._parsed.get(row["id"])
+            cached = self.parsed.get(row["id"])
             if cached is None or cached[0] != row["updated_at"]:
                 kind = kinds().get(row["kind"])
                 if kind is None:  # uninstalled since it was configured: skip, loudly in the kinds list
                     continue
-                cached = Plugins._parsed[row["id"]] = (row["updated_at"], kind(),
-                                                       kind.Config.model_validate(row["config"]))
+                cached = self.parsed[row["id"]] = (row["updated_at"], kind(), kind.Config.model_validate(row["config"]))
             _, plugin, config = cached
             if phase in plugin.phases:
                 out.append((row["id"], plugin, config))

@@ -1,12 +1,14 @@
 """Tenants' plugin chains: rows in PostgreSQL (secrets encrypted), an in-process cache per tenant that every
-process drops within milliseconds of a change (Redis pub/sub), and at most `ttl` seconds stale if that fails."""
+process drops within milliseconds of a change (Redis pub/sub), and at most `ttl` seconds stale if that fails.
+The cache holds at most `cache_size` tenants (least recently used go first) and forgets a chain `ttl` seconds after
+loading it, so memory stays flat however many tenants a process serves (tests/test_bounded_caches.py)."""
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import redis
+from cachetools import TTLCache
 from nameko.extensions import DependencyProvider
 from sqlalchemy import delete, func, select, update
 
@@ -18,6 +20,7 @@ from .identity import _iso
 from .models import PluginInstance
 
 CHANNEL = "scaigrid:plugins:invalidate"
+CACHE_SIZE = 10_000  # tenants' chains per process; an empty chain (most tenants) is ~200 bytes, a long one a few KB
 
 
 def plugin_dict(p: PluginInstance, with_secrets: bool = False) -> dict[str, Any]:
@@ -29,25 +32,26 @@ def plugin_dict(p: PluginInstance, with_secrets: bool = False) -> dict[str, Any]
 
 
 class PluginRepository:
-    def __init__(self, sessions, client: redis.Redis, ttl: float):
+    def __init__(self, sessions, client: redis.Redis, ttl: float, cache_size: int = CACHE_SIZE):
         self.sessions = sessions
         self.redis = client
         self.ttl = ttl
-        self.chains: dict[str, tuple[float, list[dict]]] = {}
+        # tenant id -> its chain. Evicting a chain costs one SELECT when its tenant comes back: cheap next to
+        # holding every tenant a long-lived process ever saw.
+        self.chains: TTLCache[str, list[dict]] = TTLCache(max(1, cache_size), ttl)
 
     # the hot path ---------------------------------------------------------------------------------------
     def chain(self, tenant_id: str) -> list[dict]:
         """The tenant's enabled plugins in order, with secrets decrypted (in memory only)."""
         hit = self.chains.get(tenant_id)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         with self.sessions() as s:
             rows = s.scalars(select(PluginInstance).where(PluginInstance.tenant_id == uuid.UUID(tenant_id),
                                                           PluginInstance.enabled.is_(True))
                              .order_by(PluginInstance.position, PluginInstance.created_at)).all()
             chain = [plugin_dict(p, with_secrets=True) for p in rows]
-        self.chains[tenant_id] = (now + self.ttl, chain)
+        self.chains[tenant_id] = chain
         return chain
 
     def _changed(self, tenant_id: str) -> None:
@@ -104,13 +108,16 @@ class PluginRepository:
 
 
 class PluginStore(DependencyProvider):
-    """Function config: `plugin_cache_ttl` (seconds a chain may be served from memory, default 30)."""
+    """Function config: `plugin_cache_ttl` (seconds a chain may be served from memory, default 30) and
+    `plugin_cache_size` (tenants' chains kept per process, default 10,000)."""
 
     def setup(self):
         config = self.container.config
-        ttl = float(config.get("SCAIGRID_FUNCTION_CONFIG", {}).get("plugin_cache_ttl", 30))
+        options = config.get("SCAIGRID_FUNCTION_CONFIG", {})
+        ttl = float(options.get("plugin_cache_ttl", 30))
         client = redis.Redis.from_url(config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=3)
-        self.repository = PluginRepository(sessions_for(config["DATABASE_URL"]), client, ttl)
+        self.repository = PluginRepository(sessions_for(config["DATABASE_URL"]), client, ttl,
+                                           int(options.get("plugin_cache_size", CACHE_SIZE)))
         self._running = False
 
     def start(self):

@@ -8,10 +8,10 @@ ids are only ever looked up through (tenant, name): a tenant cannot reach anothe
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cachetools import TTLCache
 from psycopg2.extras import execute_values
 from sqlalchemy import Connection, Engine, text
 
@@ -24,6 +24,7 @@ DEFAULT_EF_SEARCH = 40  # pgvector's own default candidate list; raised per quer
 LOCK_TIMEOUT = "5s"  # creating or dropping a collection locks tables briefly: fail rather than queue forever
 
 STATS_TTL = 300.0
+STATS_CACHE_SIZE = 10_000  # collections whose BM25 statistics a process keeps (two numbers each)
 # BM25 over the partition's tsvectors. The question's words are its own tsvector's lexemes (stemmed, stop words
 # gone, never an error on user input); a chunk matches when it holds any of them (GIN index), and scores
 #   sum over those words of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
@@ -70,14 +71,17 @@ def _hits(rows) -> list[Hit]:
 
 
 class PgVectorStore(VectorStore):
-    def __init__(self, engine: Engine, ef_search: int = DEFAULT_EF_SEARCH):
+    def __init__(self, engine: Engine, ef_search: int = DEFAULT_EF_SEARCH, stats_cache_size: int = STATS_CACHE_SIZE):
         """`ef_search`: HNSW's candidate list per query, recall against speed. 40 found the exact top 10 of
         clustered synthetic 384-dim data at 10,000 chunks; structureless random vectors, the worst case, need ~200
-        for 0.8 (docs/vector-store.md, Numbers)."""
+        for 0.8 (docs/vector-store.md, Numbers). `stats_cache_size`: collections whose BM25 statistics are kept,
+        least recently searched dropped first (a dropped one costs one count query on its next search)."""
         self.engine = engine
         self.ef_search = ef_search
         self._iterative_scan: bool | None = None  # pgvector >= 0.8, detected on first filtered search
-        self._stats: dict[int, tuple[float, int, float]] = {}  # collection id -> (until, chunks, mean length)
+        # collection id -> (chunks, mean length). Ids are never reused (an identity column), so an entry is never
+        # another collection's, only up to STATS_TTL stale.
+        self._stats: TTLCache[int, tuple[int, float]] = TTLCache(max(1, stats_cache_size), STATS_TTL)
 
     # collections ------------------------------------------------------------------------------------------------
     def _collection(self, conn: Connection, tenant: str, collection: str, lock: bool = False) -> tuple[int, int] | None:
@@ -233,12 +237,12 @@ class PgVectorStore(VectorStore):
     def _length_stats(self, conn: Connection, cid: int, tenant: str) -> tuple[int, float]:
         """(chunks, mean distinct words per chunk) of a collection, cached STATS_TTL seconds per process."""
         cached = self._stats.get(cid)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1], cached[2]
+        if cached is not None:
+            return cached
         row = conn.execute(text("SELECT count(*), coalesce(avg(length(tsv)), 1) FROM vector_chunks "
                                 "WHERE collection_id = :c AND tenant_id = :t"), {"c": cid, "t": tenant}).first()
         total, mean_length = int(row[0]), max(float(row[1]), 1.0)
-        self._stats[cid] = (time.monotonic() + STATS_TTL, total, mean_length)
+        self._stats[cid] = (total, mean_length)
         return total, mean_length
 
     def get_chunks(self, tenant: str, collection: str, chunk_ids: Iterable[str],

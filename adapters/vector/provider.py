@@ -1,7 +1,8 @@
 """The nameko DependencyProvider that gives a worker the configured VectorStore.
 
 Function config (graph.yaml `config:`): `vector_store` = `pgvector` (default; the function's DATABASE_URL) or
-`weaviate`; `hnsw_ef_search` (pgvector's candidate list per query, default 40). For Weaviate, the first set of
+`weaviate`; `hnsw_ef_search` (pgvector's candidate list per query, default 40); `vector_stats_cache_size`
+(collections whose BM25 statistics pgvector keeps per process, default 10,000). For Weaviate, the first set of
 container config `WEAVIATE_URL`, function config `weaviate_url`, environment SCAIGRID_WEAVIATE_URL (likewise
 `WEAVIATE_API_KEY`/`weaviate_api_key`/SCAIGRID_WEAVIATE_API_KEY, optional), and `weaviate_class_prefix`
 (default `Scaigrid`). One store per process, shared by its workers; see docs/vector-store.md.
@@ -21,10 +22,11 @@ def open_store(backend: str, config: dict) -> VectorStore:
     if backend == "pgvector":
         from scaigrid.adapters.sql.engine import engine_for
 
-        from .pgvector import DEFAULT_EF_SEARCH, PgVectorStore
+        from .pgvector import DEFAULT_EF_SEARCH, STATS_CACHE_SIZE, PgVectorStore
 
         return PgVectorStore(engine_for(config["DATABASE_URL"]),
-                             ef_search=int(options.get("hnsw_ef_search", DEFAULT_EF_SEARCH)))
+                             ef_search=int(options.get("hnsw_ef_search", DEFAULT_EF_SEARCH)),
+                             stats_cache_size=int(options.get("vector_stats_cache_size", STATS_CACHE_SIZE)))
     if backend == "weaviate":
         from .weaviate import WeaviateStore
 
@@ -42,7 +44,8 @@ def open_store(backend: str, config: dict) -> VectorStore:
 
 
 class VectorStores(DependencyProvider):
-    """Function config: `vector_store` (default `pgvector`), `hnsw_ef_search` (default 40)."""
+    """Function config: `vector_store` (default `pgvector`), `hnsw_ef_search` (default 40),
+    `vector_stats_cache_size` (default 10,000)."""
 
     def setup(self):
         config = self.container.config

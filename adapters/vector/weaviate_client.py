@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import weaviate
+from cachetools import LRUCache
 from weaviate.classes.config import (Configure, DataType, Property, StopwordsPreset, Tokenization,
                                      VectorDistances)
 from weaviate.classes.data import DataObject
@@ -26,6 +27,7 @@ from .weaviate_mapping import (chunk_properties, chunk_uuid, class_name, metadat
 
 RETURNED = ["chunk_id", "document_id", "text", "metadata_json"]
 VECTOR = "embedding"  # the one named vector, named on every write and search rather than left to server defaults
+SCHEMA_CACHE_SIZE = 1_000  # Weaviate collections (one per collection name) whose property names the child keeps
 MISSING = re.compile(r"tenant not found|could not find class|class .{0,200} not found|not present in schema", re.I)
 
 
@@ -94,13 +96,15 @@ class WeaviateBackend:
 
     def __init__(self, http_host: str, http_port: int, http_secure: bool, grpc_host: str, grpc_port: int,
                  grpc_secure: bool, api_key: str | None = None, class_prefix: str = "Scaigrid",
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, schema_cache_size: int = SCHEMA_CACHE_SIZE):
         self.client = weaviate.connect_to_custom(
             http_host=http_host, http_port=http_port, http_secure=http_secure, grpc_host=grpc_host,
             grpc_port=grpc_port, grpc_secure=grpc_secure, auth_credentials=Auth.api_key(api_key) if api_key else None,
             additional_config=AdditionalConfig(timeout=Timeout(init=10, query=timeout, insert=max(timeout, 90))))
         self.prefix = class_prefix
-        self._properties: dict[str, set[str]] = {}  # per Weaviate collection, filled on first use
+        # per Weaviate collection, filled on first use; bounded, as collection names grow with tenants. A dropped
+        # entry is read again from the schema on the next write or filtered search of that collection.
+        self._properties: LRUCache[str, set[str]] = LRUCache(max(1, schema_cache_size))
         self._lock = threading.Lock()
         self.registry = self.client.collections.use(f"{class_prefix}Registry")
         self._create_collection(registry_config(self.registry.name))
