@@ -20,7 +20,7 @@ from .identity import _iso
 from .models import PluginInstance
 
 CHANNEL = "scaigrid:plugins:invalidate"
-CACHE_SIZE = 10_000  # tenants' chains per process; an empty chain (most tenants) is ~200 bytes, a long one a few KB
+CACHE_SIZE = 10_000  # tenants' chains per process; an empty chain (most tenants) is ~300 bytes, a long one a few KB
 
 
 def plugin_dict(p: PluginInstance, with_secrets: bool = False) -> dict[str, Any]:
