@@ -107,6 +107,12 @@ class Gateway:
             Gateway._openapi = openapi_document(self.routes.graph)
         return json_response(Gateway._openapi)
 
+    @http("GET", "/v1/openapi.json")
+    def openapi_v1(self, request: Request) -> Response:
+        """The OpenAI-compatible API's OpenAPI 3.1 document, from graph.yaml's `openai` routes and their models."""
+        from .http_api.openapi_v1 import published  # here, not at the top: this method is the whole change
+        return json_response(published(self.routes.graph))
+
     @http("GET", "/api/v1/docs")
     def docs(self, request: Request) -> Response:
         """A browsable page for the OpenAPI document; its assets are served from a package, no CDN."""
@@ -242,8 +248,15 @@ class Gateway:
                 if not finished:  # the client left (or we timed out): stop the generation
                     self.chunks.cancel(rid)
 
-        return Response(body(), status=200, headers={**headers, "Cache-Control": "no-cache"},
-                        mimetype="text/event-stream")
+        def on_close():  # also when the client left before the body began: a generator never started has no
+            if rid in self.chunks.streams:  # finally to run, so the entry would stay and the work go on
+                self.chunks.close(rid)
+                self.chunks.cancel(rid)
+
+        response = Response(body(), status=200, headers={**headers, "Cache-Control": "no-cache"},
+                            mimetype="text/event-stream")
+        response.call_on_close(on_close)
+        return response
 
     def _chunk_steps(self, route_name: str, envelope: dict, data, final: bool = False) -> list:
         """A streamed chunk through the route's `chunks:` steps (inline); they may hold text back and release it

@@ -141,6 +141,9 @@ class Spool:
 
     def _confirm(self, segment: Segment) -> None:
         segment.confirmed += 1
+        if not self._pending and self._fd is not None:  # all delivered: start afresh, so a crash resends nothing
+            os.close(self._fd)
+            self._fd = None
         self._forget_confirmed()
 
     def _forget_confirmed(self) -> None:

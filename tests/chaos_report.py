@@ -13,9 +13,11 @@ import psycopg2
 
 @dataclass
 class Tally:
-    """Requests sent under one fault: which were answered 200 (their request ids) and how the others failed."""
+    """Requests sent under one fault: which were answered (200, or 202 for accepted work: their request ids) and
+    how the others failed."""
 
     fault: str
+    ledger_suffix: str = ""  # a route whose usage row is '<request id><suffix>' (a search's embedding)
     answered: list[str] = field(default_factory=list)
     failed: Counter = field(default_factory=Counter)
     slowest_s: float = 0.0
@@ -30,7 +32,7 @@ class Tally:
         started = time.monotonic()
         try:
             r = client.post(url, json=body, timeout=timeout)
-            outcome = r.headers["x-request-id"] if r.status_code == 200 else f"{r.status_code} " + str(
+            outcome = r.headers["x-request-id"] if r.status_code in (200, 202) else f"{r.status_code} " + str(
                 (r.json().get("error") or {}).get("code") if r.headers.get("content-type", "").startswith(
                     "application/json") else "")
         except httpx.TimeoutException:
@@ -45,16 +47,24 @@ class Tally:
                 self.failed[outcome] += 1
 
     def ledger(self, database_url: str, timeout: float = 60) -> tuple[int, int, int]:
-        """(ledger rows of the answered requests, lost, doubled), waiting up to `timeout` s for stragglers."""
+        """(ledger rows of the answered requests, lost, doubled), waiting up to `timeout` s for stragglers.
+
+        request_id is the ledger's primary key, so a redelivered record cannot make a second row; where a double
+        would show is the daily rollup, which adds each batch's new rows: doubled = what the rollup counts for the
+        keys involved minus the ledger rows it was made from (anything else than 0 is money counted twice)."""
+        wanted = [rid + self.ledger_suffix for rid in self.answered]
         deadline = time.monotonic() + timeout
         while True:
             with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-                cur.execute("SELECT request_id, count(*) FROM usage_ledger WHERE request_id = ANY(%s) "
-                            "GROUP BY request_id", (self.answered,))
-                counts = dict(cur.fetchall())
-            lost = len(set(self.answered) - set(counts))
+                cur.execute("SELECT request_id, key_id FROM usage_ledger WHERE request_id = ANY(%s)", (wanted,))
+                found = dict(cur.fetchall())
+                keys = list({str(k) for k in found.values() if k})
+                cur.execute("SELECT (SELECT coalesce(sum(requests), 0) FROM usage_daily WHERE key_id::text = ANY(%s))"
+                            " - (SELECT count(*) FROM usage_ledger WHERE key_id::text = ANY(%s))", (keys, keys))
+                doubled = int(cur.fetchone()[0])
+            lost = len(set(wanted) - set(found))
             if not lost or time.monotonic() > deadline:
-                return sum(counts.values()), lost, sum(n - 1 for n in counts.values() if n > 1)
+                return len(found), lost, doubled
             time.sleep(0.5)
 
 

@@ -1,18 +1,18 @@
 """The broker goes away under traffic (stop_app/start_app, a full restart), a gateway is SIGKILLed while its usage
 is only in its spool, the spool fills up: nothing an answered request owes the ledger is lost or doubled.
 
-Real RabbitMQ (the shared node: these tests stop it, so they run alone, in CI's serial run), PostgreSQL, Redis.
+Real RabbitMQ (a node of the tests' own, so stopping it takes nothing from other tests), PostgreSQL, Redis.
 `pytest -m chaos -s` prints the table of every fault.
 """
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
+from chaos_broker import PrivateBroker
 from chaos_report import Tally, report, traffic
 from conftest import bootstrap_key, launch
 
@@ -21,24 +21,22 @@ ROWS: list = []
 BODY = {"model": "metered", "prompt_tokens": 3, "completion_tokens": 4}
 
 
-def rabbitmqctl(*args: str, timeout: float = 120) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
-
-
-def broker_restart(full: bool) -> None:
-    """stop_app/start_app (the node stays), or the whole node stopped and started again."""
-    if full:
-        rabbitmqctl("stop")
-        subprocess.run(["rabbitmq-server", "-detached"], check=True, capture_output=True, timeout=60)
-        rabbitmqctl("await_startup", timeout=120)
-    else:
-        rabbitmqctl("start_app")
+@pytest.fixture(scope="module")
+def broker():
+    node = PrivateBroker()
+    yield node
+    node.close()
 
 
 @pytest.fixture(scope="module")
-def bus(database_url, tmp_path_factory):
-    admin = {"Authorization": f"Bearer {bootstrap_key(database_url)}"}
-    graph = launch("bus.yaml", tmp_path_factory.mktemp("bus"), env={"SCAIGRID_DATABASE_URL": database_url})
+def admin(database_url):
+    return {"Authorization": f"Bearer {bootstrap_key(database_url)}"}
+
+
+@pytest.fixture(scope="module")
+def bus(database_url, broker, admin, tmp_path_factory):
+    graph = launch("bus.yaml", tmp_path_factory.mktemp("bus"),
+                   env={"SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_AMQP_URI": broker.uri})
     graph.database_url = database_url
     tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "bus"}, headers=admin).json()
     key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "k"}, headers=admin)
@@ -62,17 +60,17 @@ def until_served(graph, path: str, timeout: float = 60) -> float:
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["stop_app", "full_restart"])
-def test_broker_restart_mid_traffic(bus, full):
+def test_broker_restart_mid_traffic(bus, broker, full):
     tally = Tally(f"broker {'restart' if full else 'stop_app/start_app'} (8 s away)")
     stop = threading.Event()
     threads = traffic(tally, bus.base_url + "/v1/meter", BODY, bus.headers, stop, workers=2)
     threads += traffic(tally, bus.base_url + "/v1/far_meter", BODY, bus.headers, stop, workers=2)
     time.sleep(2)
-    rabbitmqctl("stop" if full else "stop_app")
+    broker.stop() if full else broker.stop_app()
     try:
         time.sleep(8)
     finally:
-        broker_restart(full)
+        broker.start() if full else broker.start_app()
     back_in = until_served(bus, "/v1/far_meter")
     time.sleep(2)
     stop.set()
@@ -88,9 +86,9 @@ def test_broker_restart_mid_traffic(bus, full):
     assert back_in < 20, f"the remote route came back only after {back_in:.1f}s"
 
 
-def test_a_gateway_killed_with_usage_only_in_its_spool_loses_none(bus):
+def test_a_gateway_killed_with_usage_only_in_its_spool_loses_none(bus, broker):
     tally = Tally("gateway SIGKILL, broker away")
-    rabbitmqctl("stop_app")
+    broker.stop_app()
     try:
         with httpx.Client(headers=bus.headers) as client:  # served inline: no broker needed to answer
             for _ in range(20):
@@ -100,28 +98,28 @@ def test_a_gateway_killed_with_usage_only_in_its_spool_loses_none(bus):
             os.kill(pid, signal.SIGKILL)  # the events exist only in the spool files now
         time.sleep(1)
     finally:
-        rabbitmqctl("start_app")
+        broker.start_app()
     until_served(bus, "/v1/far_meter", timeout=90)  # the restarted replicas send what the killed ones left
     counts = tally.ledger(bus.database_url, timeout=90)
     ROWS.append((tally, counts))
     assert counts[1:] == (0, 0), report([(tally, counts)])
 
 
-def test_a_full_spool_refuses_billable_work(database_url, tmp_path):
-    admin = {"Authorization": f"Bearer {bootstrap_key(database_url)}"}
-    graph = launch("bus.yaml", tmp_path, env={"SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_SPOOL_MAX_MB": "0.02"})
+def test_a_full_spool_refuses_billable_work(database_url, broker, admin, tmp_path):
+    graph = launch("bus.yaml", tmp_path, env={"SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_AMQP_URI": broker.uri,
+                                              "SCAIGRID_SPOOL_MAX_MB": "0.02"})
     try:
         tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "full"}, headers=admin).json()
         key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "k"}, headers=admin)
         headers = {"Authorization": f"Bearer {key.json()['key']}"}
         tally = Tally("spool full (20 KiB), broker away")
-        rabbitmqctl("stop_app")
+        broker.stop_app()
         try:
             with httpx.Client(headers=headers) as client:
                 for _ in range(60):
                     tally.send(client, graph.base_url + "/v1/meter", BODY)
         finally:
-            rabbitmqctl("start_app")
+            broker.start_app()
         assert tally.answered and tally.failed["503 usage_spool_full"] > 0, tally.failed
         graph.headers = headers
         until_served(graph, "/v1/meter", timeout=60)
