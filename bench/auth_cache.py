@@ -1,7 +1,7 @@
 """The auth step's cost, inline in the gateway: key-cache hit vs miss (PostgreSQL), side by side in one run.
 
 Starts graph.yaml on a throw-away database, bootstraps a key and calls GET /api/v1/me; the step's own duration
-comes from the Server-Timing header. Target (DESIGN.md): an inline auth hit < 0.1 ms.
+comes from the Server-Timing header. Target (docs/architecture.md): an inline auth hit < 0.1 ms.
 Usage: python bench/auth_cache.py [--requests N]
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run a blocking client in a separate, plain Python process, so that its calls never stall the eventlet hub.
 
-Some clients block the whole hub (weaviate-client v4's gRPC calls; eventlet.tpool around them failed, DESIGN.md):
+Some clients block the whole hub (weaviate-client v4's gRPC calls; eventlet.tpool around them failed, docs/architecture.md):
 no green I/O, no real thread of ours helps. `OffHubProcess("package.module:factory", args=(...))` starts
 `python -m scaigrid.runtime.offhub_child`, which builds the object there and serves its methods; this side only
 does pipe I/O, which is green under eventlet. Many greenlets (or threads) may call at once: every request carries

