@@ -18,6 +18,12 @@ class StoreDown(Exception):
     """One line: which store, where, and what to do."""
 
 
+class StartupCheckFailed(SystemExit):
+    """A function's own start-up check failed (e.g. a secret key that cannot decrypt what is stored): one line,
+    exit EXIT_CONFIG, since restarting will not cure it. A SystemExit because it is raised in an extension's
+    greenthread: eventlet's hub prints an Exception's traceback there, but hands a SystemExit to the main one."""
+
+
 def _check_amqp(url: str) -> None:
     from kombu import Connection
 

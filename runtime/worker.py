@@ -19,7 +19,7 @@ from .deploy.health import beat_forever  # noqa: E402
 from .graph import GraphError  # noqa: E402
 from .graph_check import load_checked  # noqa: E402
 from .lifecycle import inflight  # noqa: E402
-from .preflight import StoreDown, check_stores  # noqa: E402
+from .preflight import StartupCheckFailed, StoreDown, check_stores  # noqa: E402
 from .service import build_service, service_config  # noqa: E402
 from .settings import EXIT_CONFIG, Settings  # noqa: E402
 
@@ -86,7 +86,13 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    runner.start()
+    try:
+        runner.start()
+    except StartupCheckFailed as exc:  # inline functions' extensions too: they set up inside this start
+        # nothing has been served: exit as is (stopping the runner would run the hub, which hands the same
+        # exit to this greenthread again from each greenthread that waited on the failed one)
+        print(f"scaigrid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     # liveness/readiness for probes (scaigrid health): a greenthread that runs proves the hub is not blocked
     eventlet.spawn(beat_forever, args.function, args.replica, settings.amqp_uri, lambda: inflight.draining)
     logs.log(_log, logging.INFO, "replica started", pool=graph.functions[args.function].pool)

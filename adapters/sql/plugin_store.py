@@ -1,7 +1,10 @@
 """Tenants' plugin chains: rows in PostgreSQL (secrets encrypted), an in-process cache per tenant that every
 process drops within milliseconds of a change (Redis pub/sub), and at most `ttl` seconds stale if that fails.
 The cache holds at most `cache_size` tenants (least recently used go first) and forgets a chain `ttl` seconds after
-loading it, so memory stays flat however many tenants a process serves (tests/test_bounded_caches.py)."""
+loading it, so memory stays flat however many tenants a process serves (tests/test_bounded_caches.py).
+
+Every process that hosts the plugins function checks at start that its key opens a stored secret: a replica
+with another host's key would otherwise start and then fail the requests of every tenant with a webhook."""
 from __future__ import annotations
 
 import uuid
@@ -10,10 +13,11 @@ from typing import Any
 import redis
 from cachetools import TTLCache
 from nameko.extensions import DependencyProvider
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Text, cast, delete, func, select, update
 
 from scaigrid.adapters.cache.invalidation import listen, publish
-from scaigrid.adapters.secrets import decrypt, encrypt, is_encrypted
+from scaigrid.adapters.secrets import SecretKeyError, check_key, decrypt, encrypt, is_encrypted, key_source, rotate
+from scaigrid.runtime.preflight import StartupCheckFailed
 
 from .engine import sessions_for
 from .identity import _iso
@@ -53,6 +57,41 @@ class PluginRepository:
             chain = [plugin_dict(p, with_secrets=True) for p in rows]
         self.chains[tenant_id] = chain
         return chain
+
+    # keys ---------------------------------------------------------------------------------------------
+    def _with_secrets(self):
+        """Rows whose config holds an encrypted value, oldest first (JSONB's text form spells the marker so)."""
+        marked = cast(PluginInstance.config, Text).contains('"$encrypted"', autoescape=True)
+        return select(PluginInstance).where(marked).order_by(PluginInstance.created_at, PluginInstance.id)
+
+    def check_secrets(self) -> None:
+        """Start-up: the key parses and opens one stored secret. The oldest row is the sample: after a rotation
+        it is the one most likely written with a key since dropped. StartupCheckFailed (one line) if not."""
+        try:
+            check_key()
+            with self.sessions() as s:
+                sample = s.scalars(self._with_secrets().limit(1)).first()
+                for field, value in ((sample.config or {}).items() if sample else ()):
+                    if is_encrypted(value):
+                        try:
+                            decrypt(value)
+                        except SecretKeyError:
+                            raise StartupCheckFailed(
+                                f"{key_source()} cannot decrypt the stored plugin secrets (plugin {sample.id}, "
+                                f"field '{field}'); set the deployment's key on every replica") from None
+        except SecretKeyError as exc:
+            raise StartupCheckFailed(str(exc)) from None
+
+    def rotate_secrets(self) -> int:
+        """Re-encrypt every stored secret with the first key, so the others can be dropped; how many rows changed.
+        The clear text stays the same, so no cache needs dropping."""
+        changed = 0
+        with self.sessions() as s:
+            for p in s.scalars(self._with_secrets()).all():
+                p.config = {k: rotate(v) if is_encrypted(v) else v for k, v in p.config.items()}
+                changed += 1
+            s.commit()
+        return changed
 
     def _changed(self, tenant_id: str) -> None:
         self.chains.pop(tenant_id, None)
@@ -118,6 +157,7 @@ class PluginStore(DependencyProvider):
         client = redis.Redis.from_url(config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=3)
         self.repository = PluginRepository(sessions_for(config["DATABASE_URL"]), client, ttl,
                                            int(options.get("plugin_cache_size", CACHE_SIZE)))
+        self.repository.check_secrets()  # in whatever process hosts plugins: the gateway, when inline
         self._running = False
 
     def start(self):

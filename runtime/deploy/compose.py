@@ -2,11 +2,12 @@
 
 Every function is a service running the one image as `scaigrid run NAME --replicas 1`, with `deploy.replicas`
 from the graph: a replica is a container, as on Kubernetes. Passwords come from `.env` through `${VAR:?}`
-interpolation (Compose refuses to start while one is missing); none is written into the file.
+interpolation (Compose refuses to start while one is missing); none is written into the file. SCAIGRID_SECRET_KEY,
+which the functions on every host must share (adapters/secrets.py), is required the same way.
 """
 from __future__ import annotations
 
-from .topology import GRAPH_DIR, MODELS_DIR, Topology, Unit, container_settings
+from .topology import GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, Topology, Unit, container_settings
 from .values import DeployValues
 
 # Versions from the product's platform components (PostgreSQL 16, Redis 7, RabbitMQ 3.13, Weaviate 1.30 (weaviate-client 4.24 needs >= 1.27), Neo4j 5.19)
@@ -116,7 +117,8 @@ def function_service(unit: Unit, values: DeployValues, migrate: bool) -> dict:
         "image": _image(values, bool(unit.values.gpu)),
         "command": ["run", unit.name, "--replicas", "1"],
         "env_file": [".env"],  # the ${VAR}s graph.yaml's configs use (upstream keys) come from here
-        "environment": function_env(values),
+        # required, not left to env_file: a container without it would make a key of its own, unlike the others'
+        "environment": {**function_env(values), SECRET_KEY: need(SECRET_KEY)},
         "volumes": [f"${{SCAIGRID_GRAPH_FILE:-./graph.yaml}}:{GRAPH_DIR}/graph.yaml:ro"],
         "depends_on": _depends(unit.stores, migrate and "postgres" in unit.stores),
         "restart": "unless-stopped",
@@ -163,6 +165,10 @@ def env_example(topology: Topology) -> str:
     """.env for the compose file: the store passwords and the ${VAR}s graph.yaml uses."""
     lines = ["# cp .env.example .env, then set every value (URL-safe, e.g. `openssl rand -hex 24`)"]
     lines += [f"{var}=" for var in PASSWORDS]
+    lines += ["# encrypts stored secrets (webhook keys); the same on every host: back it up with the database.",
+              f"# make one: {MAKE_SECRET_KEY}",
+              "# rotate: NEW,OLD (the first encrypts, all decrypt)",
+              f"{SECRET_KEY}="]
     if topology.env_refs:
         lines.append("# used by graph.yaml's function configs")
         lines += [f"{var}=" for var in topology.env_refs]

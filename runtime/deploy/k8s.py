@@ -2,14 +2,16 @@
 
 Every function runs the same image as `scaigrid run NAME --replicas 1` (one replica per pod; the Deployment's
 replicas are the graph's); HTTP functions get a Service and an Ingress; KEDA scales each function on its RabbitMQ
-queue (keda.py). Secrets come from one Secret the operator creates; nothing secret is written here.
+queue (keda.py). Secrets come from one Secret the operator creates; nothing secret is written here. Its
+SCAIGRID_SECRET_KEY is required by name (secretKeyRef): a pod without it would not start rather than run with a
+key of its own.
 Targets Kubernetes 1.24+ (only GA APIs: apps/v1, batch/v1, networking.k8s.io/v1).
 """
 from __future__ import annotations
 
 from .k8s_meta import labels, meta, selector
 from .keda import keda_objects
-from .topology import GRAPH_DIR, MODELS_DIR, Topology, Unit, container_settings
+from .topology import GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, Topology, Unit, container_settings
 from .values import DeployValues
 
 UID = 10001  # the image's non-root user (deploy/Dockerfile)
@@ -21,7 +23,7 @@ HEALTH = ["python", "-m", "scaigrid.runtime.deploy.health"]
 def secret_keys(topology: Topology) -> list[str]:
     """Keys the Secret must hold: store URLs (they carry passwords) and the ${VAR}s graph.yaml's configs use."""
     urls = {"rabbitmq": "SCAIGRID_AMQP_URI", "postgres": "SCAIGRID_DATABASE_URL", "redis": "SCAIGRID_REDIS_URL"}
-    return [urls[s] for s in topology.stores if s in urls] + list(topology.env_refs)
+    return [urls[s] for s in topology.stores if s in urls] + [SECRET_KEY] + list(topology.env_refs)
 
 
 def _probes(unit: Unit) -> dict:
@@ -68,6 +70,9 @@ def _container(unit: Unit, values: DeployValues) -> dict:
         "imagePullPolicy": values.image_pull_policy,
         "args": ["run", unit.name, "--replicas", "1"],
         "envFrom": [{"configMapRef": {"name": ENV_CONFIGMAP}}, {"secretRef": {"name": values.secret}}],
+        # envFrom passes whatever keys the Secret has; this one must be there (the pod waits until it is)
+        "env": [{"name": SECRET_KEY, "valueFrom": {"secretKeyRef": {"name": values.secret, "key": SECRET_KEY,
+                                                                    "optional": False}}}],
         "resources": _resources(unit),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
@@ -221,6 +226,8 @@ def secrets_example(topology: Topology, values: DeployValues) -> str:
         "SCAIGRID_REDIS_URL": "redis://:CHANGE-ME@redis.scaigrid-stores:6379/0",
     }
     lines = [f"# kubectl -n {values.namespace} create secret generic {values.secret} --from-env-file=secrets.env",
-             "# the AMQP URI is also KEDA's: its RabbitMQ scaler reads the queue lengths with it"]
+             "# the AMQP URI is also KEDA's: its RabbitMQ scaler reads the queue lengths with it",
+             f"# {SECRET_KEY}: a Fernet key, the same for every pod (and any other host on this database); NEW,OLD",
+             f"# to rotate. Make one: {MAKE_SECRET_KEY}"]
     lines += [f"{key}={hints.get(key, 'CHANGE-ME')}" for key in secret_keys(topology)]
     return "\n".join(lines) + "\n"

@@ -3,11 +3,15 @@ through), where systemd is the supervisor `scaigrid up` is elsewhere: one instan
 
 `scaigrid-NAME@.service` is a template; `scaigrid-NAME@0.service`, `@1`, ... are its replicas, and
 `scaigrid.target` wants exactly the graph's replicas. Stores run as the distribution's own services.
+SCAIGRID_SECRET_KEY is a credential (LoadCredential) read from /etc/scaigrid/secret.key: a unit does not start
+without the file, and the key is in no process's environment.
 """
 from __future__ import annotations
 
-from .topology import Topology, Unit
+from .topology import SECRET_KEY, Topology, Unit
 from .values import DeployValues
+
+SECRET_KEY_FILE = "/etc/scaigrid/secret.key"
 
 # Debian 12's unit names for the stores (the appliance's OS)
 STORE_UNITS = {"postgres": "postgresql.service", "redis": "redis-server.service", "rabbitmq": "rabbitmq-server.service"}
@@ -39,6 +43,9 @@ def function_unit(unit: Unit, topology: Topology, values: DeployValues, prefix: 
         ("User", "scaigrid"),
         ("Group", "scaigrid"),
         ("EnvironmentFile", "/etc/scaigrid/scaigrid.env"),
+        # the same key file on every host; systemd hands it over as $CREDENTIALS_DIRECTORY/SCAIGRID_SECRET_KEY,
+        # the credential name adapters/secrets.py looks for
+        ("LoadCredential", f"{SECRET_KEY}:{SECRET_KEY_FILE}"),
         ("Environment", "SCAIGRID_GRAPH=/etc/scaigrid/graph.yaml"),
         ("Environment", "SCAIGRID_HEARTBEAT_DIR=/run/scaigrid"),
         ("Environment", "PROMETHEUS_MULTIPROC_DIR=/run/scaigrid/metrics"),
@@ -108,7 +115,9 @@ def env_example(topology: Topology) -> str:
              "SCAIGRID_AMQP_URI=amqp://scaigrid:CHANGE-ME@127.0.0.1:5672/scaigrid",
              "SCAIGRID_DATABASE_URL=postgresql://scaigrid:CHANGE-ME@127.0.0.1:5432/scaigrid",
              "SCAIGRID_REDIS_URL=redis://:CHANGE-ME@127.0.0.1:6379/0",
-             "SCAIGRID_LOG_LEVEL=INFO"]
+             "SCAIGRID_LOG_LEVEL=INFO",
+             f"# {SECRET_KEY} does not go here: write it to {SECRET_KEY_FILE} (chmod 600, owner root), the",
+             "# same on every host (NEW,OLD to rotate); the units load it as a credential"]
     lines += [f"{var}=CHANGE-ME" for var in topology.env_refs]
     return "\n".join(lines) + "\n"
 
