@@ -8,6 +8,7 @@ eventlet.monkey_patch()  # noqa: E402  (before any socket, thread or psycopg2 im
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -21,7 +22,7 @@ from .graph_check import load_checked  # noqa: E402
 from .lifecycle import inflight  # noqa: E402
 from .preflight import StartupCheckFailed, StoreDown, check_stores  # noqa: E402
 from .service import build_service, service_config  # noqa: E402
-from .settings import EXIT_CONFIG, Settings  # noqa: E402
+from .settings import EXIT_CONFIG, EXIT_STORE_DOWN, Settings  # noqa: E402
 
 _log = logging.getLogger("scaigrid.worker")
 
@@ -48,7 +49,7 @@ def _drain_then_stop(runner: ServiceRunner, grace: float) -> None:
 
 
 def _assert_green_psycopg() -> None:
-    """psycopg2 must wait through eventlet, or 20 concurrent queries run one by one (see DESIGN.md)."""
+    """psycopg2 must wait through eventlet, or 20 concurrent queries run one by one (see docs/architecture.md)."""
     try:
         import psycopg2.extensions
     except ImportError:
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--replica", type=int, default=0)
     args = parser.parse_args(argv)
     _assert_green_psycopg()
+    # the after-step spool is this replica's: a restart of the same replica sends what the last one left
+    os.environ.setdefault("SCAIGRID_SPOOL_NAME", f"{args.function}-{args.replica}")
     settings = Settings()
     logs.configure(args.function, settings.log_level, args.replica)
     try:
@@ -72,9 +75,12 @@ def main(argv=None) -> int:
             raise GraphError([f"{args.graph}: no function '{args.function}'; one of: {', '.join(graph.functions)}"])
         cls = classes[args.function]
         check_stores(("rabbitmq",) + tuple(getattr(cls, "stores", ())), settings)
-    except (GraphError, StoreDown) as exc:
+    except GraphError as exc:
         print(f"scaigrid: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StoreDown as exc:
+        print(f"scaigrid: {exc}", file=sys.stderr)
+        return EXIT_STORE_DOWN
     runner = ServiceRunner(service_config(graph, args.function, settings))
     runner.add_service(build_service(graph, args.function, cls))
 
