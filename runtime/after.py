@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 from nameko.amqp.publish import Publisher
@@ -23,7 +24,9 @@ def spool_folder(root: str, amqp_uri: str) -> Path:
     restarted replica finds what its killed predecessor left; two deployments on one host never share."""
     name = os.environ.get("SCAIGRID_SPOOL_NAME") or f"process-{os.getpid()}"
     deployment = hashlib.sha256(amqp_uri.encode()).hexdigest()[:12]
-    return Path(root).expanduser() / deployment / name
+    # the host name too: containers that share one volume (Compose replicas, all "replica 0") stay apart, and a
+    # container restarted in place (same name) finds its own folder again
+    return Path(root).expanduser() / deployment / socket.gethostname() / name
 
 
 class AfterSteps:

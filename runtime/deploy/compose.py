@@ -7,7 +7,8 @@ which the functions on every host must share (adapters/secrets.py), is required 
 """
 from __future__ import annotations
 
-from .topology import GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, Topology, Unit, container_settings
+from .topology import (GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, SPOOL_DIR, Topology, Unit,
+                       container_settings)
 from .values import DeployValues
 
 # Versions from the product's platform components (PostgreSQL 16, Redis 7, RabbitMQ 3.13, Weaviate 1.30 (weaviate-client 4.24 needs >= 1.27), Neo4j 5.19)
@@ -118,8 +119,9 @@ def function_service(unit: Unit, values: DeployValues, migrate: bool) -> dict:
         "command": ["run", unit.name, "--replicas", "1"],
         "env_file": [".env"],  # the ${VAR}s graph.yaml's configs use (upstream keys) come from here
         # required, not left to env_file: a container without it would make a key of its own, unlike the others'
-        "environment": {**function_env(values), SECRET_KEY: need(SECRET_KEY)},
-        "volumes": [f"${{SCAIGRID_GRAPH_FILE:-./graph.yaml}}:{GRAPH_DIR}/graph.yaml:ro"],
+        "environment": {**function_env(values), SECRET_KEY: need(SECRET_KEY), "SCAIGRID_SPOOL_DIR": SPOOL_DIR},
+        # the spool: after-step events the broker has not confirmed, kept across restarts (one folder per container)
+        "volumes": [f"${{SCAIGRID_GRAPH_FILE:-./graph.yaml}}:{GRAPH_DIR}/graph.yaml:ro", f"spool:{SPOOL_DIR}"],
         "depends_on": _depends(unit.stores, migrate and "postgres" in unit.stores),
         "restart": "unless-stopped",
         "stop_grace_period": f"{values.grace_seconds + 15}s",
@@ -155,7 +157,7 @@ def compose(topology: Topology, values: DeployValues) -> dict:
         if unit.name in services:
             raise ValueError(f"function '{unit.name}' has the name of a store service; rename it in graph.yaml")
         services[unit.name] = function_service(unit, values, migrate)
-    volumes = ["postgres", "redis", "rabbitmq", "weaviate", "neo4j"]
+    volumes = ["postgres", "redis", "rabbitmq", "weaviate", "neo4j", "spool"]
     if any(u.values.models for u in topology.units):
         volumes.append("models")
     return {"name": "scaigrid", "services": services, "volumes": {v: {} for v in volumes}}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .k8s_meta import labels, meta, selector
 from .keda import keda_objects
-from .topology import GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, Topology, Unit, container_settings
+from .topology import (GRAPH_DIR, MAKE_SECRET_KEY, MODELS_DIR, SECRET_KEY, SPOOL_DIR, Topology, Unit,
+                       container_settings)
 from .values import DeployValues
 
 UID = 10001  # the image's non-root user (deploy/Dockerfile)
@@ -72,12 +73,15 @@ def _container(unit: Unit, values: DeployValues) -> dict:
         "envFrom": [{"configMapRef": {"name": ENV_CONFIGMAP}}, {"secretRef": {"name": values.secret}}],
         # envFrom passes whatever keys the Secret has; this one must be there (the pod waits until it is)
         "env": [{"name": SECRET_KEY, "valueFrom": {"secretKeyRef": {"name": values.secret, "key": SECRET_KEY,
-                                                                    "optional": False}}}],
+                                                                    "optional": False}}},
+                {"name": "SCAIGRID_SPOOL_DIR", "value": SPOOL_DIR}],
         "resources": _resources(unit),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108  (heartbeats, metrics files)
+                         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108  (heartbeats, metrics files)
+                         # after-step events the broker has not confirmed: kept across a container restart
+                         {"name": "spool", "mountPath": SPOOL_DIR}],
         **_probes(unit),
     }
     if unit.ingress:
@@ -90,7 +94,8 @@ def _container(unit: Unit, values: DeployValues) -> dict:
 
 
 def _pod_spec(unit: Unit, values: DeployValues) -> dict:
-    volumes = [{"name": "graph", "configMap": {"name": GRAPH_CONFIGMAP}}, {"name": "tmp", "emptyDir": {}}]
+    volumes = [{"name": "graph", "configMap": {"name": GRAPH_CONFIGMAP}}, {"name": "tmp", "emptyDir": {}},
+               {"name": "spool", "emptyDir": {}}]
     if unit.values.models:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": values.models_claim}}
                        if values.models_claim else {"name": "models", "emptyDir": {}})

@@ -50,6 +50,7 @@ def function_unit(unit: Unit, topology: Topology, values: DeployValues, prefix: 
         ("Environment", "SCAIGRID_HEARTBEAT_DIR=/run/scaigrid"),
         ("Environment", "PROMETHEUS_MULTIPROC_DIR=/run/scaigrid/metrics"),
         ("Environment", f"SCAIGRID_GRACE_SECONDS={values.grace_seconds}"),
+        ("Environment", "SCAIGRID_SPOOL_DIR=/var/lib/scaigrid/spool"),  # in StateDirectory: kept across restarts
         ("ExecStart", f"{prefix}/bin/python -m scaigrid.runtime.worker --graph /etc/scaigrid/graph.yaml "
                       f"--function {unit.name} --replica %i"),
         # keep trying, as Kubernetes does: at boot a store may still be starting (the replica exits 2 then)

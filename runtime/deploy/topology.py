@@ -21,6 +21,7 @@ from .values import DeployValues, FunctionValues, ValuesError
 HTTP_PORT = 8000  # the port an HTTP function listens on inside its container (SCAIGRID_HTTP_ADDRESS)
 GRAPH_DIR = "/etc/scaigrid"  # where containers find graph.yaml (the image's copy, or a ConfigMap / bind mount)
 MODELS_DIR = "/models"
+SPOOL_DIR = "/var/lib/scaigrid/spool"  # after-step events the broker has not confirmed (runtime/spool.py)
 # encrypts stored secrets (adapters/secrets.py); every generator requires it from the operator's secrets
 SECRET_KEY = "SCAIGRID_SECRET_KEY"
 MAKE_SECRET_KEY = 'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
