@@ -1,4 +1,4 @@
-"""The `scaigrid` command: graph check/show/schema, up, run."""
+"""The `scaigrid` command: graph check/show/schema, up, run, ledger dead-letters/replay."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .graph import GraphError, json_schema, load_graph
 from .graph_check import load_checked
-from .settings import EXIT_CONFIG, Settings
+from .settings import EXIT_CONFIG, EXIT_STORE_DOWN, Settings, redact_url
 
 REPO_GRAPH = Path(__file__).resolve().parent.parent / "graph.yaml"
 
@@ -87,6 +87,47 @@ def cmd_run(args) -> int:
     return _launch(args.graph, pick)
 
 
+def _broker_down(exc: Exception) -> int:
+    print(f"scaigrid: the broker at {redact_url(Settings().amqp_uri)} did not answer: {exc}", file=sys.stderr)
+    return EXIT_STORE_DOWN
+
+
+def cmd_ledger_dead_letters(args) -> int:
+    from kombu.exceptions import KombuError
+
+    from .dead_letters import browse
+
+    try:
+        letters, total = browse(Settings().amqp_uri, args.limit)
+    except (OSError, KombuError) as exc:
+        return _broker_down(exc)
+    for letter in letters:
+        error = (letter.error.splitlines() or [""])[0]
+        print(f"{letter.at or '-'}  {letter.queue or '-'}  {letter.request_id or '-'}  {error}")
+    shown = f"{len(letters)} of {total}" if len(letters) < total else str(total)
+    print(f"{shown} dead letter(s); `scaigrid ledger replay` puts them back on their queues", file=sys.stderr)
+    return 0
+
+
+def cmd_ledger_replay(args) -> int:
+    from kombu.exceptions import KombuError
+
+    from .dead_letters import replay
+
+    if not args.all and not args.request_id:
+        print("scaigrid: say which: --all, or --request-id ID (repeatable)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        done = replay(Settings().amqp_uri, None if args.all else set(args.request_id))
+    except (OSError, KombuError) as exc:
+        return _broker_down(exc)
+    print(f"replayed {done.replayed} dead letter(s)")
+    for queue, n in sorted(done.no_queue.items()):
+        print(f"scaigrid: kept {n} dead letter(s) of queue '{queue}': it does not exist (start its consumer first)",
+              file=sys.stderr)
+    return 1 if done.no_queue else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaigrid", description="ScaiGrid: AI gateway of Nameko functions")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=None)
     p.add_argument("--graph", default=None)
     p.set_defaults(func=cmd_run)
+    ledger = sub.add_parser("ledger", help="after-steps' dead letters: list and replay").add_subparsers(
+        dest="ledger_cmd", required=True)
+    p = ledger.add_parser("dead-letters", help="list the dead letters (queue, request id, error, when); none is "
+                                              "consumed")
+    p.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
+    p.set_defaults(func=cmd_ledger_dead_letters)
+    p = ledger.add_parser("replay", help="put dead letters back on the queue they came from, once")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    which.add_argument("--request-id", action="append", metavar="ID", help="the dead letters of this request")
+    p.set_defaults(func=cmd_ledger_replay)
     for command in entry_points(group="scaigrid.commands"):  # db, admin, models, deploy: each in its own module
         command.load()(sub)
     return parser
