@@ -13,6 +13,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from .graph import Graph
 from .graph_check import is_ingress
 from .settings import EXIT_CONFIG, EXIT_STORE_DOWN
@@ -39,6 +41,7 @@ class Replica:
     restarts: int = 0
     next_start: float = 0.0
     failed_config: bool = field(default=False)
+    proc_pid: int = 0
     served: bool = field(default=False)  # it got past its start-up checks once (lived past SERVED_AFTER)
 
     @property
@@ -60,6 +63,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "scaigrid.runtime.worker", "--graph", str(self.graph.file),
                "--function", r.function, "--replica", str(r.index)]
         r.proc = subprocess.Popen(cmd, env=os.environ.copy())
+        r.proc_pid = r.proc.pid
         r.started_at = time.monotonic()
         _say("replica started", replica=r.label, pid=r.proc.pid)
 
@@ -69,6 +73,8 @@ class Supervisor:
 
     def _on_exit(self, r: Replica, code: int) -> None:
         lived = time.monotonic() - r.started_at
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and r.proc_pid:  # its live gauges must not outlive it
+            mark_process_dead(r.proc_pid)
         r.served = r.served or lived > SERVED_AFTER
         if code == EXIT_STORE_DOWN and r.served:  # it was serving: the store will come back, so will it
             r.restarts = min(r.restarts, 2)  # retry every 2 s, not ever more rarely
