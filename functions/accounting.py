@@ -2,22 +2,29 @@
 
 `admit` runs inline in the gateway and needs only Redis, so serving goes on while the ledger consumer is down.
 `record` is a batched after-step: its messages are acknowledged only after the ledger's COMMIT.
+While Redis is away, `redis_down` (function config: open, the default, or closed) decides admission, the ledger
+goes on, and the counters are reloaded from PostgreSQL when Redis is back (docs/accounting.md).
 """
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
 from datetime import date, datetime, timezone
 
+import eventlet
 from nameko.rpc import rpc
 from nameko.timer import timer
 from prometheus_client import Counter
 
-from scaigrid.adapters.cache.limiter import Limiter, Verdict
+from scaigrid.adapters.cache.health import RedisDown
+from scaigrid.adapters.cache.limiter import Limiter, LimiterClient, LimitsUnavailable, Verdict
 from scaigrid.adapters.sql.identity import IdentityStore
-from scaigrid.adapters.sql.ledger import Ledger
+from scaigrid.adapters.sql.ledger import Ledger, LedgerRepository
 from scaigrid.runtime.batch import batch
-from scaigrid.runtime.errors import RateLimited
+from scaigrid.runtime.errors import RateLimited, Unavailable
 from scaigrid.runtime.executor import Executor
+from scaigrid.runtime.logs import log
 
 from .access import MEMBER, PLATFORM, principal_of, require_manager, require_platform, tenant_not_found, visible_key
 from .pricing import cost_of, estimate, registry
@@ -58,8 +65,66 @@ def refusal(verdict: Verdict) -> RateLimited:
                        details={"retry_after": verdict.retry_after_s})
 
 
+def unavailable(reason: str) -> Unavailable:
+    """redis_down: closed — a 503 rather than a request served without its limits."""
+    why = ("Redis is unreachable" if reason == "redis_down"
+           else "Redis is back and the limits are being reloaded into it")
+    return Unavailable(f"rate limits and budgets cannot be checked: {why}; this gateway refuses rather than serve "
+                       "beyond them (accounting config redis_down: closed); retry shortly", code="limits_unavailable",
+                       details={"retry_after": 1})
+
+
 def _day(value: str | None, default: date) -> date:
     return date.fromisoformat(value[:10]) if value else default
+
+
+def spend_by_scope(ledger: LedgerRepository, scopes: set[tuple[str, str]], now: float) -> dict:
+    """{(scope, id): (spent today, spent this month)} from the daily rollup, for these scopes (UTC)."""
+    today = datetime.fromtimestamp(now, timezone.utc).date()
+    spend: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row in ledger.report(["tenant", "key", "day"], today.replace(day=1), today):
+        for scope in (("tenant", row["tenant"]), ("key", row["key"])):
+            if scope in scopes:
+                spend[scope][0] += row["cost_micros"] if row["day"] == today.isoformat() else 0
+                spend[scope][1] += row["cost_micros"]
+    return {scope: tuple(v) for scope, v in spend.items()}
+
+
+def reload_limits(ledger: LedgerRepository, limiter: LimiterClient) -> int:
+    """Limits and the spend of the day and month from PostgreSQL into Redis, then a new epoch: after Redis restarted
+    empty, or came back from an outage during which some process skipped writes. One process at a time; the
+    number of limits loaded (0 when another process does it)."""
+    token = limiter.claim_reload()
+    if token is None:
+        return 0
+    started = time.monotonic()
+    try:
+        now = time.time()
+        rows = ledger.all_limits()
+        spend = spend_by_scope(ledger, {(r["scope"], r["scope_id"]) for r in rows}, now)
+        limiter.load(rows, spend, *limiter.periods(now))
+    finally:
+        limiter.release_reload(token)
+    log(_log, logging.WARNING, "limits and spend counters reloaded into Redis from PostgreSQL", limits=len(rows),
+        seconds=round(time.monotonic() - started, 3))
+    return len(rows)
+
+
+def _reload_soon(ledger: LedgerRepository, limiter: LimiterClient) -> None:
+    """Start a reload in the background, unless this process runs one already (admission does not wait for it)."""
+    if limiter.reloading:
+        return
+    limiter.reloading = True
+
+    def run():
+        try:
+            reload_limits(ledger, limiter)
+        except Exception as exc:  # Redis gone again, or PostgreSQL: the next admission tries again
+            log(_log, logging.ERROR, "reloading limits into Redis failed", error=str(exc)[:300])
+        finally:
+            limiter.reloading = False
+
+    eventlet.spawn(run)
 
 
 class Accounting:
@@ -78,8 +143,18 @@ class Accounting:
             return envelope
         model = registry(self.graph.graph).get(envelope["request"].get("model"))
         tokens, cost = estimate(envelope["request"], model)
-        verdict, reservation = self.limiter.admit(principal["key_id"], principal["tenant_id"], envelope["id"],
-                                                  tokens, cost)
+        try:
+            verdict, reservation = self.limiter.admit(principal["key_id"], principal["tenant_id"], envelope["id"],
+                                                      tokens, cost)
+        except LimitsUnavailable as exc:
+            if exc.reason == "not_loaded":
+                _reload_soon(self.ledger, self.limiter)
+            if self.limiter.redis_down == "closed":
+                raise unavailable(exc.reason) from None
+            # open: served, billed exactly (the ledger needs no Redis), reserved nowhere (epoch None); the reload
+            # when Redis is back counts it from the ledger
+            envelope["context"]["accounting"] = {"tokens": tokens, "cost": cost, "epoch": None}
+            return envelope
         envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict))
         if not verdict.admitted:
             raise refusal(verdict)
@@ -92,14 +167,19 @@ class Accounting:
         model will really see, atomically, and is refused like `admit` when a limit was used up meanwhile; so at
         most one admitted request still ends past a limit. No Redis trip when the prompt did not grow."""
         principal, reservation = envelope.get("principal"), envelope["context"].get("accounting")
-        if not principal or not reservation:
-            return envelope
+        if not principal or not reservation or not reservation.get("epoch"):
+            return envelope  # nothing reserved (admitted while Redis was away: see admit)
         tokens, cost = estimate(envelope["request"], registry(self.graph.graph).get(envelope["request"].get("model")))
         more_tokens, more_cost = max(0, tokens - reservation["tokens"]), max(0, cost - reservation["cost"])
         if not (more_tokens or more_cost):
             return envelope
-        verdict = self.limiter.top_up(principal["key_id"], principal["tenant_id"], envelope["id"], reservation,
-                                      more_tokens, more_cost)
+        try:
+            verdict = self.limiter.top_up(principal["key_id"], principal["tenant_id"], envelope["id"], reservation,
+                                          more_tokens, more_cost)
+        except LimitsUnavailable as exc:
+            if self.limiter.redis_down == "closed":
+                raise unavailable(exc.reason) from None
+            return envelope
         if not verdict.admitted:
             raise refusal(verdict)
         reservation["tokens"] += more_tokens
@@ -108,7 +188,11 @@ class Accounting:
 
     @batch(max_size=500, max_delay=0.05)
     def record(self, envelopes: list[dict]) -> None:
-        """One ledger row per request; reservations reconciled with the real usage; acked after COMMIT."""
+        """One ledger row per request, then reservations reconciled with the real usage; acked after COMMIT.
+
+        The ledger first: it is the money and needs no Redis, so a Redis outage neither holds it back nor loses it.
+        A redelivered batch inserts nothing twice and reconciles nothing twice (the script's per-request marker);
+        a reconciliation skipped because Redis is away is made good by the reload from the ledger afterwards."""
         models = registry(self.graph.graph)
         rows, reconcile = [], []
         for env in envelopes:
@@ -119,7 +203,7 @@ class Accounting:
             cost = cost_of(models.get(model_id), prompt, completion)
             principal = env.get("principal") or {}
             reservation = env["context"].get("accounting")
-            if reservation:
+            if reservation and reservation.get("epoch"):
                 reconcile.append((principal["key_id"], principal["tenant_id"], env["id"], reservation,
                                   prompt + completion, cost))
             error = env.get("error") or {}
@@ -130,8 +214,8 @@ class Accounting:
                          "latency_ms": float(env["context"].get("route_ms") or 0.0),
                          "status": int(error.get("status") or 200), "error_code": error.get("code"),
                          "client_request_id": env.get("client_request_id")})
-        self.limiter.reconcile(reconcile)
         self.ledger.insert_batch(rows)
+        self.limiter.reconcile(reconcile)
         for row in rows:
             model = row["model"] if row["model"] in models else "other"
             REQUESTS.labels(model).inc()
@@ -171,14 +255,28 @@ class Accounting:
         """PUT …/limits {rpm, tpm, daily_budget_micros, monthly_budget_micros}: null removes a limit."""
         scope, scope_id = self._scope(envelope, write=True)
         limits = self.ledger.set_limits(scope, scope_id, envelope["request"]["body"])
-        self.limiter.set_limits(scope, scope_id, limits)
+        try:
+            self.limiter.set_limits(scope, scope_id, limits)
+        except RedisDown:
+            pass  # PostgreSQL holds it; this process asks for a reload when Redis is back (after_outage)
         envelope["response"] = self._limits_answer(scope, scope_id, limits)
         return envelope
 
     def _limits_answer(self, scope: str, scope_id: str, limits: dict) -> dict:
+        try:
+            today, month = self.limiter.spent(scope, scope_id, "day"), self.limiter.spent(scope, scope_id, "month")
+        except RedisDown:  # the ledger's figures: what was recorded, without the reservations in flight
+            today, month = self._ledger_spend(scope, scope_id)
         return {"object": "limits", "scope": scope, "scope_id": scope_id, **limits,
-                "spent_today_micros": self.limiter.spent(scope, scope_id, "day"),
-                "spent_this_month_micros": self.limiter.spent(scope, scope_id, "month")}
+                "spent_today_micros": today, "spent_this_month_micros": month}
+
+    def _ledger_spend(self, scope: str, scope_id: str) -> tuple[int, int]:
+        """(spent today, spent this month) of one scope from the daily rollup (UTC)."""
+        day = datetime.now(timezone.utc).date()
+        rows = self.ledger.report(["day"], day.replace(day=1), day,
+                                  **{"tenant_id" if scope == "tenant" else "key_id": scope_id})
+        return (sum(r["cost_micros"] for r in rows if r["day"] == day.isoformat()),
+                sum(r["cost_micros"] for r in rows))
 
     def _scope(self, envelope: dict, write: bool) -> tuple[str, str]:
         principal = principal_of(envelope)
@@ -199,8 +297,14 @@ class Accounting:
     @timer(interval=300, eager=True)
     def sync_limits(self) -> int:
         """Copy every limit from PostgreSQL into Redis, at start and every 5 minutes (Redis keeps nothing on disk
-        here: a restart must not lift every limit)."""
-        rows = self.ledger.all_limits()
-        for row in rows:
-            self.limiter.set_limits(row["scope"], row["scope_id"], row)
+        here: a restart must not lift every limit); the full reload (spend counters too) when they are not loaded.
+        Admission starts that reload itself as soon as it meets unloaded limits: this is for a quiet graph."""
+        try:
+            if not self.limiter.loaded():
+                return reload_limits(self.ledger, self.limiter)
+            rows = self.ledger.all_limits()
+            for row in rows:
+                self.limiter.set_limits(row["scope"], row["scope_id"], row)
+        except RedisDown:
+            return 0  # health logged it; the reload follows its return
         return len(rows)

@@ -4,22 +4,42 @@ across any number of gateway replicas; reconciled with the real usage once, afte
 Per scope (the key, then its tenant): a sliding log of requests (RPM), a sliding log of tokens (TPM), and spend
 counters per UTC day and month (micro-units). A request is admitted while every counter is below its limit, and
 reserves an upper bound of what it can cost; so at most one admitted request can end past a limit.
+
+The marker `scaigrid:limits:epoch` says "these limits and spend counters are loaded": it is set by the reload from
+PostgreSQL (accounting.reload_limits) and gone when Redis restarted empty, or deleted by a process that was cut off
+from Redis (it skipped writes). Without it the scripts admit nothing (LimitsUnavailable: the caller's redis_down
+choice applies) and the reload runs. A reservation carries the epoch it was made in: counters rebuilt since then
+already hold its cost (the ledger), so its top-up and reconciliation leave the spend counters alone.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
 from nameko.extensions import DependencyProvider
 
 from scaigrid.adapters.sql.ledger import LIMIT_FIELDS
+from scaigrid.runtime.logs import log
+from scaigrid.runtime.preflight import StartupCheckFailed
+
+from .health import RedisDown, RedisHealth, client_for, health_for
 
 WINDOW_MS = 60_000
+EPOCH = "scaigrid:limits:epoch"
+RELOAD_LOCK = "scaigrid:limits:reloading"
+DAY_TTL, MONTH_TTL = 172800, 2764800
+MODES = ("open", "closed")
+_log = logging.getLogger("scaigrid.limiter")
 ADMIT = """
+-- KEYS: 7 of the key, 7 of the tenant, the epoch marker
 local now, rid, tokens, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
+local epoch = redis.call('GET', KEYS[15])
+if not epoch then return {2} end
 local out = {}
 for s = 0, 1 do
   local k = s * 7
@@ -62,12 +82,13 @@ for s = 0, 1 do
   redis.call('INCRBY', KEYS[k+6], cost); redis.call('EXPIRE', KEYS[k+6], 172800)
   redis.call('INCRBY', KEYS[k+7], cost); redis.call('EXPIRE', KEYS[k+7], 2764800)
 end
-return {1, cjson.encode(out)}
+return {1, cjson.encode(out), epoch}
 """
 TOP_UP = """
--- the same keys as ADMIT; ARGV: now, request id, more tokens, more cost, window
+-- the same keys as ADMIT; ARGV: now, request id, more tokens, more cost, window, the reservation's epoch
 local now, rid, more_t, more_c = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
+if redis.call('GET', KEYS[15]) ~= ARGV[6] then return {2} end
 for s = 0, 1 do
   local k = s * 7
   local lim = redis.call('HMGET', KEYS[k+1], 'tpm', 'daily_budget_micros', 'monthly_budget_micros')
@@ -95,10 +116,13 @@ end
 return {1}
 """
 RECONCILE = """
--- ARGV: 7 per request: id, key id, tenant id, day, month, real tokens, real cost - reserved cost
+-- KEYS: the epoch marker. ARGV: 8 per request: id, key id, tenant id, day, month, real tokens,
+-- real cost - reserved cost, the reservation's epoch
+local epoch = redis.call('GET', KEYS[1])
 local done = 0
-for i = 1, #ARGV, 7 do
+for i = 1, #ARGV, 8 do
   local rid, tokens, cost_delta = ARGV[i], tonumber(ARGV[i+5]), tonumber(ARGV[i+6])
+  local same_epoch = ARGV[i+7] == epoch
   if redis.call('SET', 'scaigrid:reconciled:' .. rid, 1, 'NX', 'EX', 604800) then
     done = done + 1
     for s, id in ipairs({'k:' .. ARGV[i+1], 't:' .. ARGV[i+2]}) do
@@ -108,7 +132,7 @@ for i = 1, #ARGV, 7 do
         redis.call('HSET', p .. ':tpm:tokens', rid, tokens)
         redis.call('INCRBY', p .. ':tpm:total', tokens - tonumber(reserved))
       end
-      if cost_delta ~= 0 then
+      if cost_delta ~= 0 and same_epoch then
         redis.call('INCRBY', p .. ':spend:d:' .. ARGV[i+3], cost_delta)
         redis.call('INCRBY', p .. ':spend:m:' .. ARGV[i+4], cost_delta)
       end
@@ -117,6 +141,24 @@ for i = 1, #ARGV, 7 do
 end
 return done
 """
+FORGET_EPOCH = """
+-- a process that was cut off since ARGV[1] (ms) skipped writes: counters loaded before then are stale
+local v = redis.call('GET', KEYS[1])
+if v then
+  local at = tonumber(string.match(v, ':(%d+)$'))
+  if at and at < tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]); return 1 end
+end
+return 0
+"""
+
+
+class LimitsUnavailable(Exception):
+    """Limits cannot be checked now: `reason` is "redis_down" (unreachable) or "not_loaded" (Redis answers, but
+    the limits are not (yet) reloaded from PostgreSQL)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -152,51 +194,118 @@ def _refused(result: list, now: float) -> Verdict:
 
 
 class LimiterClient:
-    def __init__(self, client: redis.Redis):
+    """The scripts, behind the process's RedisHealth: `redis_down` (open | closed) is the accounting function's
+    choice for when limits cannot be checked; the caller applies it."""
+
+    def __init__(self, client: redis.Redis, health: RedisHealth, redis_down: str = "open"):
         self.redis = client
+        self.health = health
+        self.redis_down = redis_down
+        self.reloading = False  # this process has a reload running (accounting.reload_limits)
         self._admit = client.register_script(ADMIT)
         self._reconcile = client.register_script(RECONCILE)
         self._top_up = client.register_script(TOP_UP)
+        self._forget_epoch = client.register_script(FORGET_EPOCH)
 
     @staticmethod
     def periods(now: float) -> tuple[str, str]:
         return time.strftime("%Y%m%d", time.gmtime(now)), time.strftime("%Y%m", time.gmtime(now))
 
     def keys(self, key_id: str, tenant_id: str, day: str, month: str) -> list[str]:
-        return _scope_keys("k", key_id, day, month) + _scope_keys("t", tenant_id, day, month)
+        return _scope_keys("k", key_id, day, month) + _scope_keys("t", tenant_id, day, month) + [EPOCH]
+
+    def _run(self, script, keys: list[str], args: list):
+        try:
+            return self.health.call(script, keys=keys, args=args)
+        except RedisDown:
+            raise LimitsUnavailable("redis_down") from None
 
     def admit(self, key_id: str, tenant_id: str, request_id: str, tokens: int, cost: int) -> tuple[Verdict, dict]:
-        """Check and reserve in one round trip. Returns the verdict and what reconcile() needs later."""
+        """Check and reserve in one round trip. Returns the verdict and what reconcile() needs later; raises
+        LimitsUnavailable when the limits cannot be checked."""
         now = time.time()
         day, month = self.periods(now)
-        result = self._admit(keys=self.keys(key_id, tenant_id, day, month),
-                             args=[int(now * 1000), request_id, tokens, cost, WINDOW_MS])
-        reservation = {"day": day, "month": month, "tokens": tokens, "cost": cost}
+        result = self._run(self._admit, self.keys(key_id, tenant_id, day, month),
+                           [int(now * 1000), request_id, tokens, cost, WINDOW_MS])
+        if result[0] == 2:
+            raise LimitsUnavailable("not_loaded")
         if result[0] == 1:
+            epoch = result[2].decode() if isinstance(result[2], bytes) else result[2]
+            reservation = {"day": day, "month": month, "tokens": tokens, "cost": cost, "epoch": epoch}
             return Verdict(True, usage=json.loads(result[1])), reservation
         return _refused(result, now), {}
 
     def top_up(self, key_id: str, tenant_id: str, request_id: str, reservation: dict, more_tokens: int,
                more_cost: int) -> Verdict:
         """Grow an admitted request's reservation, checked against the limits as admit checks (one round trip).
-        The counters of the day and month the request was admitted in are the ones topped up."""
+        The counters of the day and month the request was admitted in are the ones topped up; none when they were
+        reloaded since (they hold the ledger's figures, not this reservation). LimitsUnavailable: Redis is away."""
         now = time.time()
-        result = self._top_up(keys=self.keys(key_id, tenant_id, reservation["day"], reservation["month"]),
-                              args=[int(now * 1000), request_id, more_tokens, more_cost, WINDOW_MS])
-        return Verdict(True) if result[0] == 1 else _refused(result, now)
+        result = self._run(self._top_up, self.keys(key_id, tenant_id, reservation["day"], reservation["month"]),
+                           [int(now * 1000), request_id, more_tokens, more_cost, WINDOW_MS, reservation["epoch"]])
+        return Verdict(True) if result[0] in (1, 2) else _refused(result, now)
 
     def reconcile(self, items: list[tuple]) -> int:
         """Replace reservations with the real usage, once per request id (a redelivery is a no-op): one script
         call for a whole batch of (key id, tenant id, request id, reservation, real tokens, real cost).
 
-        The script builds its key names itself, so it assumes one Redis, not a Redis Cluster."""
+        Skipped while Redis is away: that process then asks for a reload from the ledger when Redis is back
+        (after_outage), which is where the real cost is. The script builds its key names itself, so it assumes
+        one Redis, not a Redis Cluster."""
         if not items:
             return 0
         args: list = []
         for key_id, tenant_id, request_id, reservation, tokens, cost in items:
             args += [request_id, key_id, tenant_id, reservation["day"], reservation["month"], tokens,
-                     cost - reservation["cost"]]
-        return int(self._reconcile(keys=[], args=args))
+                     cost - reservation["cost"], reservation["epoch"]]
+        try:
+            return int(self._run(self._reconcile, [EPOCH], args))
+        except LimitsUnavailable:
+            return 0
+
+    def after_outage(self, down_since_ms: int) -> None:
+        """Redis answers again after this process lost it at `down_since_ms`: what it skipped meanwhile (reserving,
+        reconciling, a limit's change) is missing from the counters, so the ones loaded before then are dropped
+        and reloaded from PostgreSQL (once per outage: a reload done after that moment stays)."""
+        if self.health.call(self._forget_epoch, keys=[EPOCH], args=[down_since_ms]):
+            log(_log, logging.INFO, "limits and spend counters marked for a reload from PostgreSQL")
+
+    # the reload (accounting.reload_limits drives it) ----------------------------------------------------------
+    def loaded(self) -> bool:
+        return bool(self.health.call(self.redis.exists, EPOCH))
+
+    def claim_reload(self) -> str | None:
+        """One reload at a time over every process: a token to release, or None if another one runs."""
+        token = uuid.uuid4().hex
+        return token if self.health.call(self.redis.set, RELOAD_LOCK, token, nx=True, ex=60) else None
+
+    def release_reload(self, token: str) -> None:
+        try:
+            if self.health.call(self.redis.get, RELOAD_LOCK) == token.encode():
+                self.health.call(self.redis.delete, RELOAD_LOCK)
+        except RedisDown:
+            pass  # it expires by itself
+
+    def load(self, limits: list[dict], spend: dict[tuple[str, str], tuple[int, int]], day: str, month: str) -> str:
+        """Every limit, and the spend counters of the day and month of every scope with a limit, then a new epoch
+        (admission resumes with it). Overwrites: the marker was missing, so nothing was admitted against these."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n, row in enumerate(limits, 1):
+            scope, scope_id = row["scope"][0], row["scope_id"]
+            key = f"scaigrid:limits:{scope}:{scope_id}"
+            values = {k: row[k] for k in LIMIT_FIELDS if row.get(k) is not None}
+            pipe.delete(key)
+            if values:
+                pipe.hset(key, mapping=values)
+            today, this_month = spend.get((row["scope"], scope_id), (0, 0))
+            pipe.set(f"scaigrid:{scope}:{scope_id}:spend:d:{day}", today, ex=DAY_TTL)
+            pipe.set(f"scaigrid:{scope}:{scope_id}:spend:m:{month}", this_month, ex=MONTH_TTL)
+            if n % 1000 == 0:
+                self.health.call(pipe.execute)
+        epoch = f"{uuid.uuid4().hex[:12]}:{int(time.time() * 1000)}"
+        pipe.set(EPOCH, epoch)
+        self.health.call(pipe.execute)
+        return epoch
 
     def set_limits(self, scope: str, scope_id: str, limits: dict) -> None:
         key = f"scaigrid:limits:{scope[0]}:{scope_id}"
@@ -205,20 +314,26 @@ class LimiterClient:
         pipe.delete(key)
         if values:
             pipe.hset(key, mapping=values)
-        pipe.execute()
+        self.health.call(pipe.execute)
 
     def spent(self, scope: str, scope_id: str, period: str = "day") -> int:
         day, month = self.periods(time.time())
         suffix = f"d:{day}" if period == "day" else f"m:{month}"
-        return int(self.redis.get(f"scaigrid:{scope[0]}:{scope_id}:spend:{suffix}") or 0)
+        return int(self.health.call(self.redis.get, f"scaigrid:{scope[0]}:{scope_id}:spend:{suffix}") or 0)
 
 
 class Limiter(DependencyProvider):
-    """Gives a worker the LimiterClient over the process's Redis connection pool."""
+    """Gives a worker the LimiterClient over the process's Redis connection pool. Function config `redis_down`:
+    `open` (default) or `closed`, what admission does while limits cannot be checked (docs/accounting.md)."""
 
     def setup(self):
-        client = redis.Redis.from_url(self.container.config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=3)
-        self.client = LimiterClient(client)
+        mode = str(self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {}).get("redis_down", "open"))
+        if mode not in MODES:
+            raise StartupCheckFailed(f"function config redis_down: {mode!r}: one of {', '.join(MODES)}")
+        url = self.container.config["REDIS_URL"]
+        health = health_for(url)
+        self.client = LimiterClient(client_for(url), health, mode)
+        health.on_recover(self.client.after_outage)
 
     def get_dependency(self, worker_ctx):
         return self.client
