@@ -15,6 +15,7 @@ from cachetools import TTLCache
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Text, cast, delete, func, select, update
 
+from scaigrid.adapters.cache.health import RedisDown, RedisHealth, client_for, health_for
 from scaigrid.adapters.cache.invalidation import listen, publish
 from scaigrid.adapters.secrets import SecretKeyError, check_key, decrypt, encrypt, is_encrypted, key_source, rotate
 from scaigrid.runtime.preflight import StartupCheckFailed
@@ -36,9 +37,11 @@ def plugin_dict(p: PluginInstance, with_secrets: bool = False) -> dict[str, Any]
 
 
 class PluginRepository:
-    def __init__(self, sessions, client: redis.Redis, ttl: float, cache_size: int = CACHE_SIZE):
+    def __init__(self, sessions, client: redis.Redis, ttl: float, cache_size: int = CACHE_SIZE,
+                 health: RedisHealth | None = None):
         self.sessions = sessions
         self.redis = client
+        self.health = health  # with it, a Redis outage makes a change's fan-out skip (not fail) and recover
         self.ttl = ttl
         # tenant id -> its chain. Evicting a chain costs one SELECT when its tenant comes back: cheap next to
         # holding every tenant a long-lived process ever saw.
@@ -95,7 +98,13 @@ class PluginRepository:
 
     def _changed(self, tenant_id: str) -> None:
         self.chains.pop(tenant_id, None)
-        publish(self.redis, CHANNEL, {"tenant": tenant_id})
+        if self.health is None:
+            publish(self.redis, CHANNEL, {"tenant": tenant_id})
+            return
+        try:  # PostgreSQL has the change; the other processes' chains expire within the TTL anyway
+            self.health.call(publish, self.redis, CHANNEL, {"tenant": tenant_id})
+        except RedisDown:  # and every process drops its chains when Redis answers again
+            pass
 
     def on_message(self, message: dict) -> None:
         self.chains.pop(message.get("tenant"), None)
@@ -154,9 +163,10 @@ class PluginStore(DependencyProvider):
         config = self.container.config
         options = config.get("SCAIGRID_FUNCTION_CONFIG", {})
         ttl = float(options.get("plugin_cache_ttl", 30))
-        client = redis.Redis.from_url(config["REDIS_URL"], socket_timeout=5, socket_connect_timeout=3)
-        self.repository = PluginRepository(sessions_for(config["DATABASE_URL"]), client, ttl,
-                                           int(options.get("plugin_cache_size", CACHE_SIZE)))
+        health = health_for(config["REDIS_URL"])
+        self.repository = PluginRepository(sessions_for(config["DATABASE_URL"]), client_for(config["REDIS_URL"]),
+                                           ttl, int(options.get("plugin_cache_size", CACHE_SIZE)), health)
+        health.on_recover(lambda _since: self.repository.chains.clear())  # changes missed while it was away
         self.repository.check_secrets()  # in whatever process hosts plugins: the gateway, when inline
         self._running = False
 
@@ -164,7 +174,7 @@ class PluginStore(DependencyProvider):
         self._running = True
         self._listener = self.container.spawn_managed_thread(
             lambda: listen(self.repository.redis, CHANNEL, self.repository.on_message,
-                           self.repository.chains.clear, lambda: self._running))
+                           self.repository.chains.clear, lambda: self._running, health=self.repository.health))
 
     def stop(self):
         self._running = False
