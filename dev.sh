@@ -47,20 +47,41 @@ EOF
 # ---------------------------------------------------------------- setup
 
 # llama-cpp-python's server is the independent OpenAI-compatible upstream the tests talk to. It compiles
-# llama.cpp (minutes on 2 cores), so its wheel is built once into a cache and installed from there.
+# llama.cpp (~11 CPU-minutes: 6+ minutes on 2 free cores), so its wheel is built once into a cache and
+# installed from there.
+# Build flags: a fixed x86-64-v3 (Haswell: AVX2/FMA/F16C/BMI2) CPU backend instead of GGML_NATIVE's
+# -march=native. The native build picked up AMX on Sapphire Rapids-class hosts, and llama.cpp's AMX
+# kernels die with SIGILL on their first matmul when built by GCC 12: _tile_loadconfig's asm operand
+# covers only 8 bytes of the 64-byte tile config, so GCC drops the stores to rows/colsb as dead, loads an
+# empty config, and the next tilezero/tileloadd is #UD. A native wheel also would not run on an older
+# CPU than the one that built it. No multimodal (mtmd) library: the tests serve a text model.
 LLAMA_VERSION="0.3.36"
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+-DLLAVA_BUILD=OFF"
 WHEELS="${SCAIGRID_WHEEL_CACHE:-$HOME/.cache/scaigrid/wheels}"
 install_llama_server() {
-    local wheel
-    wheel="$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
+    # The cache key is the version plus a hash of the build flags: a wheel built with other flags (the old
+    # native/AMX one sat directly in $WHEELS) is never picked up, and changing the flags rebuilds once.
+    local key dir wheel
+    key="$(printf '%s\n' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
+    dir="$WHEELS/llama-cpp-python-$LLAMA_VERSION-$key"
+    rm -f "$WHEELS"/llama_cpp_python-*.whl  # pre-key native builds: they crash on AMX hosts
+    wheel="$(ls "$dir"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
     if [[ -z "$wheel" ]]; then
-        say "setup: building llama-cpp-python $LLAMA_VERSION once into $WHEELS (compiles llama.cpp: minutes)"
-        mkdir -p "$WHEELS"
-        "$PY" -m pip wheel -q --no-deps -w "$WHEELS" \
-            "llama-cpp-python==$LLAMA_VERSION" || die "building llama-cpp-python failed (needs gcc, g++, cmake)"
-        wheel="$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)"
+        say "setup: building llama-cpp-python $LLAMA_VERSION (AVX2, no AMX) once into $dir (compiles llama.cpp: minutes)"
+        mkdir -p "$dir"
+        # --no-cache-dir: pip's own wheel cache keys on the sdist, not on CMAKE_ARGS, and would hand back a
+        # wheel built with other flags (it held the native one).
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" -m pip wheel -q --no-deps --no-cache-dir \
+            --no-binary llama-cpp-python -w "$dir" "llama-cpp-python==$LLAMA_VERSION" \
+            || die "building llama-cpp-python failed (needs gcc, g++, cmake)"
+        printf '%s\n' "$LLAMA_CMAKE_ARGS" >"$dir/CMAKE_ARGS"
+        wheel="$(ls "$dir"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)"
     fi
     say "setup: installing $(basename "$wheel") with its server"
+    # Same version as a possibly installed native build, so force this wheel in; then its [server] extras.
+    "$PY" -m pip install -q --force-reinstall --no-deps "$wheel"
     "$PY" -m pip install -q "$wheel[server]"
 }
 
