@@ -97,7 +97,8 @@ cmd_setup() {
     fi
 
     local sum stamp
-    sum="$(sha256sum setup.py | cut -d' ' -f1)"
+    # what .venv is built from: setup.py and the llama.cpp build flags (a venv with an older build is redone)
+    sum="$( (cat setup.py; printf '%s\n' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1)"
     stamp="$VENV/.installed-$sum"
     if [[ -f "$stamp" ]]; then
         say "setup: .venv up to date (setup.py unchanged)"
