@@ -35,7 +35,8 @@ def shipped(database_url, falkordb_url, tmp_path_factory):
                                                  "SCAIGRID_NEO4J_URL": falkordb_url})
     graph.database_url = database_url
     tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "kill"}, headers=admin).json()
-    key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "k"}, headers=admin)
+    key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "k", "role": "tenant-admin"},
+                    headers=admin)
     graph.headers = {"Authorization": f"Bearer {key.json()['key']}"}
     api = httpx.Client(base_url=graph.base_url + "/api/v1", headers=graph.headers, timeout=60)
     graph.collection = api.post("/collections", json={"name": "notes"}).json()["id"]
