@@ -199,7 +199,8 @@ class Accounting:
             usage = env.get("usage") or {}
             prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             model_id = env["request"].get("model")
-            model_id = model_id[:128] if isinstance(model_id, str) else None  # the column's width: never a poison row
+            # the column's width, and no NUL (PostgreSQL text cannot hold one): never a poison row
+            model_id = model_id.replace("\x00", "")[:128] if isinstance(model_id, str) else None
             cost = cost_of(models.get(model_id), prompt, completion)
             principal = env.get("principal") or {}
             reservation = env["context"].get("accounting")
@@ -237,7 +238,7 @@ class Accounting:
             tenant_id = principal["tenant_id"]
         today = datetime.now(timezone.utc).date()
         start, end = _day(query.get("start"), today.replace(day=1)), _day(query.get("end"), today)
-        group_by = [g for g in (query.get("group_by") or "").split(",") if g]
+        group_by = list(dict.fromkeys(g for g in (query.get("group_by") or "").split(",") if g))  # once each
         data = self.ledger.report(group_by, start, end, tenant_id, key_id)
         envelope["response"] = {"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
                                 "group_by": group_by, "data": data}

@@ -32,6 +32,15 @@ HEADER = struct.Struct(">I")
 SEGMENT_BYTES = 4 * 2**20  # rotate at 4 MiB: a confirmed segment is one unlink
 
 
+def broker_unreachable(exc: BaseException) -> bool:
+    """A connection-level failure (retry the same record later), not a refusal of the record itself."""
+    from amqp.exceptions import ConnectionError as AmqpConnectionError, RecoverableConnectionError
+    from kombu.exceptions import OperationalError
+
+    return isinstance(exc, (OSError, OperationalError, AmqpConnectionError, RecoverableConnectionError,
+                            ConnectionError, TimeoutError))
+
+
 class Segment:
     def __init__(self, path: Path, written: int = 0, size: int = 0):
         self.path, self.written, self.confirmed, self.size = path, written, 0, size
@@ -168,7 +177,13 @@ class Spool:
             segment, record = self._pending[0]
             try:
                 publish(record["step"], record["body"], record["at"])
-            except Exception as exc:  # broker away: keep it, say so once, retry with backoff
+            except Exception as exc:
+                if not broker_unreachable(exc):  # this record itself is refused: set it aside, do not block
+                    self._reject(record, exc)
+                    self._pending.popleft()
+                    self._confirm(segment)
+                    continue
+                # broker away: keep it, say so once, retry with backoff
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     log(_log, logging.WARNING, "broker unreachable: after-step events kept in the spool",
@@ -183,6 +198,16 @@ class Spool:
                     waited_s=round(time.monotonic() - self._down_since, 1), still_pending=len(self._pending))
                 self._down_since = None
             backoff = 0.2
+
+    def _reject(self, record: dict, exc: BaseException) -> None:
+        """A record the broker will never take (it cannot be encoded, or is refused as such) goes to
+        `rejected.log` beside the segments, for the operator, with one error line; the ones behind it go on."""
+        blob = msgpack.packb({**record, "error": str(exc)[:1000]}, use_bin_type=True, default=str)
+        with open(self.folder / "rejected.log", "ab") as out:
+            out.write(HEADER.pack(len(blob)) + blob)
+        log(_log, logging.ERROR, "after-step event refused by the broker; kept in rejected.log",
+            step=record.get("step"), request_id=(record.get("body") or {}).get("id"), error=str(exc)[:300],
+            folder=str(self.folder))
 
     def drain(self, timeout: float) -> bool:
         """At shutdown: wait (up to `timeout` s) until everything is confirmed; what is not stays on disk."""

@@ -12,6 +12,7 @@ from werkzeug.wrappers import Request, Response
 from scaigrid.runtime.errors import BadRequest, StepError
 from scaigrid.runtime.streams import with_answer_fields
 
+from .carried import uncarried
 from .responses import json_response
 
 
@@ -37,6 +38,12 @@ class JsonRoute:
                 body = json.loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+            except RecursionError:  # '[' * 100000: deeper than any real body, and than Python's stack
+                raise BadRequest("request body is nested too deeply", code="invalid_json") from None
+            found = uncarried(body)
+            if found is not None:
+                field = ".".join(str(k) for k in found[0]) or "body"
+                raise BadRequest(f"'{field}': {found[1]}", code="invalid_value", param=field)
         parsed = {"body": body, "path": path_values, "query": request.args.to_dict()}
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             parsed["model"] = body["model"]  # auth checks it against the key's allow-list

@@ -36,7 +36,9 @@ class OpenAIRoute(JsonRoute):
         tail = b""
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = envelope.get("usage") or {}
-            tail = sse({"id": envelope["id"], "object": "chat.completion.chunk", "model": body.get("model"),
+            # the route's own chunk object: a completion stream's chunks are text_completion, chat's are not
+            kind = "chat.completion.chunk" if "messages" in body else "text_completion"
+            tail = sse({"id": envelope["id"], "object": kind, "model": body.get("model"),
                         "created": int(envelope["context"].get("created", 0)), "choices": [], "usage": usage})
         return tail + b"data: [DONE]\n\n"
 
