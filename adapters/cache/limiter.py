@@ -123,19 +123,17 @@ local done = 0
 for i = 1, #ARGV, 8 do
   local rid, tokens, cost_delta = ARGV[i], tonumber(ARGV[i+5]), tonumber(ARGV[i+6])
   local same_epoch = ARGV[i+7] == epoch
-  if redis.call('SET', 'scaigrid:reconciled:' .. rid, 1, 'NX', 'EX', 604800) then
-    done = done + 1
-    for s, id in ipairs({'k:' .. ARGV[i+1], 't:' .. ARGV[i+2]}) do
-      local p = 'scaigrid:' .. id
-      local reserved = redis.call('HGET', p .. ':tpm:tokens', rid)
-      if reserved then
-        redis.call('HSET', p .. ':tpm:tokens', rid, tokens)
-        redis.call('INCRBY', p .. ':tpm:total', tokens - tonumber(reserved))
-      end
-      if cost_delta ~= 0 and same_epoch then
-        redis.call('INCRBY', p .. ':spend:d:' .. ARGV[i+3], cost_delta)
-        redis.call('INCRBY', p .. ':spend:m:' .. ARGV[i+4], cost_delta)
-      end
+  done = done + 1
+  for s, id in ipairs({'k:' .. ARGV[i+1], 't:' .. ARGV[i+2]}) do
+    local p = 'scaigrid:' .. id
+    local reserved = redis.call('HGET', p .. ':tpm:tokens', rid)
+    if reserved then
+      redis.call('HSET', p .. ':tpm:tokens', rid, tokens)
+      redis.call('INCRBY', p .. ':tpm:total', tokens - tonumber(reserved))
+    end
+    if cost_delta ~= 0 and same_epoch then
+      redis.call('INCRBY', p .. ':spend:d:' .. ARGV[i+3], cost_delta)
+      redis.call('INCRBY', p .. ':spend:m:' .. ARGV[i+4], cost_delta)
     end
   end
 end
@@ -246,8 +244,9 @@ class LimiterClient:
         return Verdict(True) if result[0] in (1, 2) else _refused(result, now)
 
     def reconcile(self, items: list[tuple]) -> int:
-        """Replace reservations with the real usage, once per request id (a redelivery is a no-op): one script
-        call for a whole batch of (key id, tenant id, request id, reservation, real tokens, real cost).
+        """Replace reservations with the real usage: one script call for a whole batch of (key id, tenant id,
+        request id, reservation, real tokens, real cost). Once per request is the caller's to keep: record passes
+        only the requests its ledger insert found new.
 
         Skipped while Redis is away: that process then asks for a reload from the ledger when Redis is back
         (after_outage), which is where the real cost is. The script builds its key names itself, so it assumes

@@ -40,23 +40,25 @@ class LedgerRepository:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def insert_batch(self, records: list[dict[str, Any]]) -> int:
-        """Insert what is new (a redelivered request id is skipped) and roll exactly that up, in one transaction.
+    def insert_batch(self, records: list[dict[str, Any]]) -> set[str]:
+        """Insert what is new (a redelivered request id is skipped) and roll exactly that up, in one transaction;
+        the request ids that were new.
 
         psycopg2's execute_values, not an ORM insert: compiling a 500-row multi-VALUES statement cost more than
         PostgreSQL's own work (bench/ledger.py).
         """
         if not records:
-            return 0
+            return set()
         with self.engine.begin() as conn:
             cur = conn.connection.driver_connection.cursor()
             new = execute_values(
                 cur, f"INSERT INTO usage_ledger ({', '.join(LEDGER_COLUMNS)}) VALUES %s "
                      "ON CONFLICT (request_id) DO NOTHING "
-                     "RETURNING at, tenant_id, key_id, model, prompt_tokens, completion_tokens, cost_micros, status",
+                     "RETURNING request_id, at, tenant_id, key_id, model, prompt_tokens, completion_tokens, "
+                     "cost_micros, status",
                 [tuple(r[c] for c in LEDGER_COLUMNS) for r in records], page_size=len(records), fetch=True)
             sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-            for at, tenant_id, key_id, model, prompt, completion, cost, status in new:
+            for _, at, tenant_id, key_id, model, prompt, completion, cost, status in new:
                 acc = sums[(_day(at), tenant_id or str(NO_ID), key_id or str(NO_ID), model or "")]
                 acc[0] += 1
                 acc[1] += status >= 400
@@ -65,7 +67,7 @@ class LedgerRepository:
                 acc[4] += cost
             if sums:  # sorted: concurrent writers lock rollup rows in one order
                 execute_values(cur, ROLLUP_UPSERT, [(*k, *v) for k, v in sorted(sums.items())], page_size=len(sums))
-        return len(new)
+        return {row[0] for row in new}
 
     def report(self, group_by: Iterable[str], start: date, end: date, tenant_id: str | None = None,
                key_id: str | None = None) -> list[dict[str, Any]]:
