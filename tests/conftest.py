@@ -24,13 +24,16 @@ def launch(graph, tmp: Path, env: dict | None = None, grace: float = 10) -> Grap
     return process
 
 
-def audit_records(process: GraphProcess, expect: int = 0, timeout: float = 10) -> list[dict]:
-    """The after-step's records; waits until at least `expect` arrived (they travel as events)."""
+def audit_records(process: GraphProcess, expect: int = 0, timeout: float = 10, rid: str | None = None) -> list[dict]:
+    """The after-step's records; waits until at least `expect` arrived, and the one of request `rid` if given
+    (they travel as events, after the answer)."""
     deadline = time.monotonic() + timeout
     while True:
         lines = process.audit_file.read_text().splitlines() if process.audit_file.exists() else []
-        if len(lines) >= expect or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
+        records = [json.loads(line) for line in lines]
+        found = rid is None or any(r["id"] == rid for r in records)
+        if (len(records) >= expect and found) or time.monotonic() > deadline:
+            return records
         time.sleep(0.05)
 
 

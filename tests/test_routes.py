@@ -95,9 +95,8 @@ def test_typed_error_maps_to_status_in_openai_format(mixed_graph):
     assert r.json() == {"error": {"message": "the gate refuses this request", "type": "permission_error",
                                   "param": None, "code": "gate_closed"}}
     rid = r.headers["x-request-id"]
-    records = audit_records(mixed_graph, 1)
-    deadline = [rec for rec in records if rec["id"] == rid]
-    assert deadline and deadline[0]["error"] == "gate_closed"  # after-steps see failed requests too
+    mine = [rec for rec in audit_records(mixed_graph, rid=rid) if rec["id"] == rid]
+    assert mine and mine[0]["error"] == "gate_closed"  # after-steps see failed requests too
 
 
 def test_step_timeout_is_a_504_and_the_gateway_goes_on(mixed_graph):

@@ -35,7 +35,7 @@ def test_chunks_leave_as_they_are_made(mixed_graph):
     # and each reached the client right after it left, well before the last one was made
     assert all(received - sent_at < 0.1 for (c, received), sent_at in zip(chunks, sent))
     assert chunks[0][1] < sent[-1] - 0.8
-    assert any(rec["id"] == rid and rec["usage"] == {"chunks": 8} for rec in audit_records(mixed_graph, 1))
+    assert any(rec["id"] == rid and rec["usage"] == {"chunks": 8} for rec in audit_records(mixed_graph, rid=rid))
 
 
 def test_client_disconnect_stops_generation_and_usage_is_kept(mixed_graph):
