@@ -12,7 +12,7 @@ import os
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
+from receivers import JsonHandler
 from conftest import bootstrap_key, launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ CHAT, EMBED, LOCAL_EMBED = "fuzz-upstream-chat", "fuzz-upstream-embed", "all-min
 MODELS = {"ChatRequest": [CHAT], "CompletionRequest": [CHAT], "EmbeddingRequest": [EMBED, LOCAL_EMBED]}
 
 
-class FakeUpstream(BaseHTTPRequestHandler):
+class FakeUpstream(JsonHandler):
     """An OpenAI-compatible server answering every chat, completion and embedding request at once, streamed or not."""
 
     hits = collections.Counter()
@@ -58,15 +59,7 @@ class FakeUpstream(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\n\n")
 
     def _json(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, payload)
 
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}

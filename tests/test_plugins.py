@@ -7,19 +7,20 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from receivers import JsonHandler
 from conftest import bootstrap_key, launch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scaigrid-plugin-shout"
 PII = "mail bob@example.com, call +49 170 1234567, card 4111 1111 1111 1111"
 
 
-class Hook(BaseHTTPRequestHandler):
+class Hook(JsonHandler):
     """A tenant's policy endpoint: checks the signature, then does what the test asked for."""
 
     secret = "whsec-test"
@@ -34,15 +35,7 @@ class Hook(BaseHTTPRequestHandler):
         Hook.seen.append({"valid": hmac.compare_digest(v1, expected) and abs(time.time() - int(t)) < 60,
                           "payload": json.loads(body)})
         time.sleep(Hook.delay)
-        answer = json.dumps(Hook.behaviour).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, Hook.behaviour)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from receivers import JsonHandler
 from conftest import bootstrap_key, launch
 
 llama_cpp = pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by ./dev.sh")
@@ -56,7 +57,7 @@ class Faults:
 
 
 def make_proxy(target: str):
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(JsonHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
@@ -87,14 +88,7 @@ def make_proxy(target: str):
                         return
 
         def _send(self, status, payload):
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
+            self.send_json(status, payload)
 
     return Proxy
 

@@ -8,7 +8,7 @@ import logging
 import socket
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from pydantic import SecretStr
@@ -19,28 +19,20 @@ from scaigrid.functions.plugin_kinds.base import HookContext
 from scaigrid.functions.plugin_kinds.webhook import ALLOW_PRIVATE_ENV, Webhook
 from scaigrid.runtime.errors import BadRequest, Unavailable, UpstreamError
 from scaigrid.runtime.logs import JsonFormatter
+from receivers import JsonHandler
 
 PUBLIC = "93.184.216.34"
 TOKEN = "tok-5ecret-in-query"
 
 
-class Receiver(BaseHTTPRequestHandler):
+class Receiver(JsonHandler):
     """Records what reached it; answers `status` (with `location` on a redirect) or an allow verdict."""
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.seen.append({"host": self.headers["Host"], "path": self.path})
-        answer = json.dumps({"action": "allow"}).encode()
-        self.send_response(self.server.status)
-        if self.server.location:
-            self.send_header("Location", self.server.location)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(self.server.status, {"action": "allow"},
+                       {"Location": self.server.location} if self.server.location else None)
 
 
 def serve(status: int = 200, location: str | None = None, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
