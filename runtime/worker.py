@@ -15,7 +15,7 @@ import sys  # noqa: E402
 from nameko.runners import ServiceRunner  # noqa: E402
 from nameko.web.server import WebServer  # noqa: E402
 
-from . import logs  # noqa: E402
+from . import logs, nameko_compat  # noqa: E402
 from .deploy.health import beat_forever  # noqa: E402
 from .graph import GraphError  # noqa: E402
 from .graph_check import load_checked  # noqa: E402
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replica", type=int, default=0)
     args = parser.parse_args(argv)
     _assert_green_psycopg()
+    nameko_compat.install()
     # the after-step spool is this replica's: a restart of the same replica sends what the last one left
     os.environ.setdefault("SCAIGRID_SPOOL_NAME", f"{args.function}-{args.replica}")
     settings = Settings()
