@@ -48,6 +48,8 @@ class Ingestion:
     tokenizer: Callable[[str], Tokenizer]  # model -> the tokenizer its chunks are counted in
     graph: Any = None  # KnowledgeGraph or None
     extractor: Any = None  # EntityExtractor or None
+    bill: Callable[[str, int], None] = lambda model, tokens: None  # (model, tokens) of the run that succeeded
+
 
     def run(self, job_id: str) -> dict | None:
         started = self.jobs.start_job(job_id)
@@ -72,6 +74,9 @@ class Ingestion:
             JOBS.labels("failed").inc()
             log(_log, logging.ERROR, "ingestion failed", job=job_id, document=doc, error=message)
             return None
+        # Billed before the job is marked done: a replica killed between the two leaves the job running, so the
+        # redelivery runs it again and bills under the same id (written once); the other order lost that usage.
+        self.bill(collection["embedding_model"], tokens)
         self.jobs.finish_job(job_id, "succeeded", chunks=len(chunks))
         JOBS.labels("succeeded").inc()
         CHUNKS.labels(collection["embedding_model"]).inc(len(chunks))
@@ -135,8 +140,6 @@ class Ingest(RagDependencies):
         if not job_id or envelope.get("error"):
             return
         fallback = self.config.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
-        done = Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
-                         lambda model: tokenizer_for(self.calls, model, fallback), self.graph,
-                         self.extractor).run(job_id)
-        if done:  # the tokens of the run that succeeded, billed to the key that uploaded
-            record_usage(self.calls, envelope, "ingest", done["model"], done["tokens"])
+        Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
+                  lambda model: tokenizer_for(self.calls, model, fallback), self.graph, self.extractor,
+                  bill=lambda model, tokens: record_usage(self.calls, envelope, "ingest", model, tokens)).run(job_id)
