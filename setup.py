@@ -88,21 +88,21 @@ setup(
         # command groups and start-up hooks live beside what they manage; the runtime only discovers them
         "scaigrid.commands": [
             "db = scaigrid.adapters.sql.commands:register",
-            "admin = scaigrid.functions.admin_commands:register",
+            "admin = scaigrid.functions.admin.commands:register",
             "deploy = scaigrid.runtime.deploy.commands:register",
-            "models = scaigrid.functions.models_commands:register",
+            "models = scaigrid.functions.inference.commands:register",
         ],
         "scaigrid.before_up": [
             "migrations = scaigrid.adapters.sql.commands:before_up",
-            "models = scaigrid.functions.models_commands:before_up",
+            "models = scaigrid.functions.inference.commands:before_up",
         ],
         # plugin kinds: the built-ins are registered exactly as a third-party package registers its own
         "scaigrid.plugins": [
-            "pii_redaction = scaigrid.functions.plugin_kinds.pii_redaction:PiiRedaction",
-            "deny_list = scaigrid.functions.plugin_kinds.deny_list:DenyList",
-            "system_prompt = scaigrid.functions.plugin_kinds.system_prompt:SystemPrompt",
-            "max_tokens_clamp = scaigrid.functions.plugin_kinds.max_tokens_clamp:MaxTokensClamp",
-            "webhook = scaigrid.functions.plugin_kinds.webhook:Webhook",
+            "pii_redaction = scaigrid.functions.plugins.kinds.pii_redaction:PiiRedaction",
+            "deny_list = scaigrid.functions.plugins.kinds.deny_list:DenyList",
+            "system_prompt = scaigrid.functions.plugins.kinds.system_prompt:SystemPrompt",
+            "max_tokens_clamp = scaigrid.functions.plugins.kinds.max_tokens_clamp:MaxTokensClamp",
+            "webhook = scaigrid.functions.plugins.kinds.webhook:Webhook",
         ],
     },
 )

@@ -30,7 +30,7 @@ TIMING = re.compile(r'dur=([0-9.]+);desc="([^"]+)"')
 
 def graph_yaml(placements: list[str]) -> str:
     lines = ["version: 1", f"path: [{HERE}]", "functions:",
-             "  gateway:", "    entry: scaigrid.functions.gateway:Gateway"]
+             "  gateway:", "    entry: scaigrid.functions.gateway.service:Gateway"]
     for i, placement in enumerate(placements, 1):
         lines += [f"  noop_{i}:", "    entry: noop:Noop", f"    placement: {placement}",
                   f"    replicas: {1 if placement == 'remote' else 0}"]

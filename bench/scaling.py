@@ -48,7 +48,7 @@ def calibrate() -> int:
 def graph_yaml(replicas: int, pool: int, iterations: int) -> str:
     return "\n".join([
         "version: 1", f"path: [{HERE}]", "functions:",
-        "  gateway:", "    entry: scaigrid.functions.gateway:Gateway", "    pool: 400",
+        "  gateway:", "    entry: scaigrid.functions.gateway.service:Gateway", "    pool: 400",
         "  burn:", "    entry: cpu_fn:Burn", f"    replicas: {replicas}", f"    pool: {pool}", "    timeout: 120",
         f"    config: {{iterations: {iterations}}}",
         "routes:", "  burn:", "    http: POST /burn", "    steps: [burn.step]", ""])

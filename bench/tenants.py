@@ -28,7 +28,7 @@ import redis
 from scaigrid.adapters.sql.engine import sessions_for
 from scaigrid.adapters.sql.identity import IdentityRepository
 from scaigrid.adapters.sql.plugin_store import PluginRepository
-from scaigrid.functions.auth_keys import mint
+from scaigrid.functions.shared.api_keys import mint
 from scaigrid.runtime.testing import GraphProcess, bootstrap_key, throwaway_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +39,10 @@ GRAPH = """
 version: 1
 path: [{demo}]
 functions:
-  gateway: {{entry: scaigrid.functions.gateway:Gateway, replicas: 1, pool: 200}}
-  auth: {{entry: scaigrid.functions.auth:Auth, placement: inline, replicas: 0}}
-  accounting: {{entry: scaigrid.functions.accounting:Accounting, placement: inline, replicas: 1}}
-  plugins: {{entry: scaigrid.functions.plugins:Plugins, placement: inline, replicas: 0}}
+  gateway: {{entry: scaigrid.functions.gateway.service:Gateway, replicas: 1, pool: 200}}
+  auth: {{entry: scaigrid.functions.auth.service:Auth, placement: inline, replicas: 0}}
+  accounting: {{entry: scaigrid.functions.accounting.service:Accounting, placement: inline, replicas: 1}}
+  plugins: {{entry: scaigrid.functions.plugins.service:Plugins, placement: inline, replicas: 0}}
   parrot:
     entry: demo:Parrot
     pool: 50

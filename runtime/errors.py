@@ -1,4 +1,6 @@
-"""Typed step errors. Each maps to an HTTP status and OpenAI's error `type`; they survive the RPC hop."""
+"""Typed step errors: what went wrong (a status in HTTP's numbering, the one every ingress speaks, and a stable
+`code`), never how an API writes it; the ingress function renders them in its API's own format. They survive the RPC
+hop."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,10 +9,9 @@ from nameko.exceptions import deserialize_to_instance
 
 
 class StepError(Exception):
-    """Base of the errors a step may raise; the gateway renders them in OpenAI's error format."""
+    """Base of the errors a step may raise."""
 
     status = 500
-    type = "server_error"
     code: str | None = None
 
     def __init__(self, message: str, code: str | None = None, param: str | None = None,
@@ -28,9 +29,6 @@ class StepError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
 
 def _typed(cls):
     return deserialize_to_instance(cls)
@@ -38,57 +36,57 @@ def _typed(cls):
 
 @_typed
 class BadRequest(StepError):
-    status, type, code = 400, "invalid_request_error", "invalid_request"
+    status, code = 400, "invalid_request"
 
 
 @_typed
 class Unauthorized(StepError):
-    status, type, code = 401, "authentication_error", "invalid_api_key"
+    status, code = 401, "invalid_api_key"
 
 
 @_typed
 class Forbidden(StepError):
-    status, type, code = 403, "permission_error", "forbidden"
+    status, code = 403, "forbidden"
 
 
 @_typed
 class NotFound(StepError):
-    status, type, code = 404, "invalid_request_error", "not_found"
+    status, code = 404, "not_found"
 
 
 @_typed
 class PayloadTooLarge(StepError):
-    status, type, code = 413, "invalid_request_error", "payload_too_large"
+    status, code = 413, "payload_too_large"
 
 
 @_typed
 class Conflict(StepError):
-    status, type, code = 409, "invalid_request_error", "conflict"
+    status, code = 409, "conflict"
 
 
 @_typed
 class PolicyRefusal(StepError):
-    status, type, code = 400, "invalid_request_error", "content_policy_violation"
+    status, code = 400, "content_policy_violation"
 
 
 @_typed
 class RateLimited(StepError):
-    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+    status, code = 429, "rate_limit_exceeded"
 
 
 @_typed
 class UpstreamError(StepError):
-    status, type, code = 502, "api_error", "upstream_error"
+    status, code = 502, "upstream_error"
 
 
 @_typed
 class Unavailable(StepError):
-    status, type, code = 503, "api_error", "unavailable"
+    status, code = 503, "unavailable"
 
 
 @_typed
 class StepTimeout(StepError):
-    status, type, code = 504, "timeout", "step_timeout"
+    status, code = 504, "step_timeout"
 
 
 def as_step_error(exc: BaseException) -> StepError:

@@ -12,7 +12,7 @@ from nameko.containers import ServiceContainer, WorkerContext
 from nameko.extensions import iter_extensions
 from nameko.rpc import Rpc
 
-from . import logs
+from . import logs, nameko_compat
 from .errors import StepTimeout
 
 
@@ -38,7 +38,7 @@ class InlineHost:
             ext.start()
 
     def stop(self) -> None:
-        self.container._worker_pool.waitall()
+        nameko_compat.wait_for_workers(self.container)
         for ext in reversed(self._extensions):
             ext.stop()
 
@@ -57,7 +57,7 @@ class InlineHost:
         try:
             # the worker stops at its next cooperative yield once nobody waits for it any more
             with eventlet.Timeout(timeout):
-                container._run_worker(worker_ctx, handle_result)
+                nameko_compat.run_worker(container, worker_ctx, handle_result)
         except eventlet.Timeout:
             raise StepTimeout(f"step '{self.name}.{method}' took longer than {timeout:g}s (inline)") from None
         finally:

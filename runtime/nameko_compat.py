@@ -1,8 +1,37 @@
-"""Where ScaiGrid corrects nameko 2.14 itself, in one place: a nameko upgrade is checked here first
-(tests/test_nameko_compat.py pins the behaviour this relies on)."""
+"""Every use of a nameko 2.14 private API, and where ScaiGrid corrects nameko itself, in one place: a nameko
+upgrade is checked here first (tests/test_nameko_compat.py pins each behaviour this relies on, so a change fails
+there, loudly, before it breaks a replica)."""
 from __future__ import annotations
 
 from nameko.messaging import QueueConsumer
+from nameko.web.server import WebServer
+
+
+def run_worker(container, worker_ctx, handle_result) -> None:
+    """Run one worker in the calling greenthread (an inline step): ServiceContainer._run_worker is what
+    spawn_worker runs in a new one, with the DependencyProviders' worker_setup/result/teardown around the method."""
+    container._run_worker(worker_ctx, handle_result)
+
+
+def wait_for_workers(container) -> None:
+    """Until every worker the container spawned has ended (its private worker pool)."""
+    container._worker_pool.waitall()
+
+
+def stop_accepting(server: WebServer) -> None:
+    """Close a web server's listening socket now, keeping the connections it has (nameko's own stop waits for
+    every keep-alive connection, so a draining replica would keep taking requests)."""
+    if server._sock is None:
+        return
+    server._is_accepting = False
+    server._gt.kill()
+    server._sock.close()
+
+
+def forget_reply(reply_listener, correlation_id: str) -> None:
+    """Drop the reply event of a call nobody waits for any more (the listener keeps one per correlation id until a
+    reply comes, which for a message that was never sent or timed out is never)."""
+    reply_listener._reply_events.pop(correlation_id, None)
 
 _ack, _requeue = QueueConsumer.ack_message, QueueConsumer.requeue_message
 

@@ -12,6 +12,7 @@ from nameko.exceptions import deserialize
 from nameko.rpc import ReplyListener, get_rpc_exchange
 
 from .errors import StepTimeout, Unavailable
+from .nameko_compat import forget_reply
 
 SERIALIZER = "msgpack"
 QUICK_RETRY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2}
@@ -46,11 +47,11 @@ class RemoteCaller:
                 expiration=timeout,
             )
         except UndeliverableMessage:
-            self.reply_listener._reply_events.pop(correlation_id, None)
+            forget_reply(self.reply_listener, correlation_id)
             raise Unavailable(f"function '{function}' has no running replica; start it "
                               f"(scaigrid run {function}) or check graph.yaml", code="function_unavailable")
         except (OSError, KombuError, AMQPError) as exc:  # the broker is away: say so, nothing was sent
-            self.reply_listener._reply_events.pop(correlation_id, None)
+            forget_reply(self.reply_listener, correlation_id)
             raise Unavailable(f"the message bus is unreachable, so step '{function}.{method}' could not be "
                               f"sent ({type(exc).__name__}); retry shortly", code="bus_unavailable") from None
         try:
@@ -74,4 +75,4 @@ class RemoteCaller:
                 return None if body.get("error") else body.get("result")
             return None
         finally:
-            self.reply_listener._reply_events.pop(correlation_id, None)
+            forget_reply(self.reply_listener, correlation_id)

@@ -37,7 +37,7 @@ CANCEL_MEMORY = 100_000  # and how many at most
 class StreamClosed(StepError):
     """The client went away (cancel) or its gateway is gone: stop generating."""
 
-    status, type, code = 499, "api_error", "stream_closed"
+    status, code = 499, "stream_closed"
 
 
 def _consume_forever(amqp_uri: str, queue: Queue, on_message, ready: Event | None, stopped) -> None:

@@ -30,10 +30,8 @@ _log = logging.getLogger("scaigrid.worker")
 def _stop_accepting(runner: ServiceRunner) -> None:
     for container in runner.containers:
         for ext in container.subextensions:
-            if isinstance(ext, WebServer) and ext._sock is not None:
-                ext._is_accepting = False
-                ext._gt.kill()
-                ext._sock.close()
+            if isinstance(ext, WebServer):
+                nameko_compat.stop_accepting(ext)
 
 
 def _drain_then_stop(runner: ServiceRunner, grace: float) -> None:

@@ -25,10 +25,10 @@ GRAPH = """
 version: 1
 path: [{demo}]
 functions:
-  gateway: {{entry: scaigrid.functions.gateway:Gateway}}
-  auth: {{entry: scaigrid.functions.auth:Auth, placement: inline, replicas: 0}}
+  gateway: {{entry: scaigrid.functions.gateway.service:Gateway}}
+  auth: {{entry: scaigrid.functions.auth.service:Auth, placement: inline, replicas: 0}}
   plugins:
-    entry: scaigrid.functions.plugins:Plugins
+    entry: scaigrid.functions.plugins.service:Plugins
     placement: inline
     replicas: 0
     config: {{plugin_cache_size: {cap}, plugin_parsed_cache_size: {cap}}}
@@ -47,7 +47,7 @@ import eventlet
 eventlet.monkey_patch()
 import json, sys
 from scaigrid.adapters.sql.plugin_store import PluginStore
-from scaigrid.functions.plugins import ParsedPlugins
+from scaigrid.functions.plugins.service import ParsedPlugins
 from scaigrid.runtime.graph_check import load_checked
 from scaigrid.runtime.inline import InlineHost
 from scaigrid.runtime.service import build_service, service_config

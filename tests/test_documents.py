@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 
 from scaigrid.adapters.backends import EMBED_MODEL, model_dir_for
 from scaigrid.adapters.documents import UnsupportedDocument, extract_text
-from scaigrid.functions.chunking import chunk_text
+from scaigrid.functions.ingest.chunking import chunk_text
 from scaigrid.runtime.testing import SCAIGRID
 
 

@@ -18,7 +18,7 @@ version: 1
 path: [{DEMO}]
 functions:
   gateway:
-    entry: scaigrid.functions.gateway:Gateway
+    entry: scaigrid.functions.gateway.service:Gateway
   tag:
     entry: demo:Tag
     replicas: 2

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import SCRIPT, falkordb
 from scaigrid.adapters.graph.extract import COOCCURS, EntityExtractor, ModelMissing
-from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraph, KnowledgeGraphStore, driver_for, split_credentials
+from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraph
+from scaigrid.adapters.graph.store import KnowledgeGraphStore, driver_for, split_credentials
 from scaigrid.runtime.preflight import StoreDown
 
 NEO4J_URL = os.environ.get("SCAIGRID_TEST_NEO4J_URL")

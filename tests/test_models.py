@@ -104,7 +104,7 @@ def test_source_wheels_are_pinned_file_by_file(models_root):
 
 
 def test_missing_export_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
-    from scaigrid.functions import models_commands
+    from scaigrid.functions.inference import commands as models_commands
 
     monkeypatch.setattr(prep, "missing_export", lambda: ["torch", "optimum-onnx"])
     with pytest.raises(prep.ExportExtraMissing, match=r"pip install 'scaigrid\[export\]'"):
@@ -117,7 +117,7 @@ def test_missing_export_extra_says_what_to_install(tmp_path, monkeypatch, capsys
 
 
 def test_models_list_command(models_root, capsys):
-    from scaigrid.functions import models_commands
+    from scaigrid.functions.inference import commands as models_commands
 
     assert models_commands._list(Namespace(dir=str(models_root), verify=False, json=True)) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -1,6 +1,10 @@
-"""What runtime/nameko_compat.py corrects in nameko, pinned: an ack on a connection the broker reset must not raise
-(raised, it kills the container: every request in flight a 500)."""
+"""runtime/nameko_compat.py pinned: what it corrects in nameko (an ack on a connection the broker reset must not
+raise: raised, it kills the container, every request in flight a 500), and each nameko private API it wraps, so a
+nameko upgrade that changes one fails here first."""
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from kombu import Connection, Queue
@@ -8,7 +12,6 @@ from nameko.messaging import QueueConsumer
 
 from scaigrid.runtime import nameko_compat
 from scaigrid.runtime.testing import Vhost
-
 
 
 @pytest.fixture
@@ -35,3 +38,16 @@ def test_nameko_alone_lets_the_socket_error_through(delivered):
 def test_the_corrected_ack_does_not_raise(delivered):
     nameko_compat.install()
     QueueConsumer().ack_message(delivered)  # no exception: the broker has the message back already
+
+
+PINS = ["run_worker_runs_the_method_in_the_calling_greenthread_with_the_lifecycle",
+        "wait_for_workers_waits_for_a_spawned_worker",
+        "stop_accepting_refuses_new_connections_and_keeps_open_ones",
+        "forget_reply_drops_the_reply_event"]
+
+
+@pytest.mark.parametrize("pin", PINS)
+def test_a_private_api_behaves_as_nameko_compat_relies_on(pin):
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("nameko_pins.py")), pin],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"holds: {pin}" in done.stdout, done.stdout + done.stderr

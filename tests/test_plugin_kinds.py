@@ -5,9 +5,9 @@ import hmac
 import pytest
 from pydantic import ValidationError
 
-from scaigrid.functions.plugin_kinds.base import HookContext
-from scaigrid.functions.plugin_kinds.pii_redaction import PiiRedaction, find, iban_ok, luhn
-from scaigrid.functions.plugin_kinds.webhook import ALLOW_PRIVATE_ENV, Webhook, check_target, signature
+from scaigrid.functions.plugins.kinds.base import HookContext
+from scaigrid.functions.plugins.kinds.pii_redaction import PiiRedaction, find, iban_ok, luhn
+from scaigrid.functions.plugins.kinds.webhook import ALLOW_PRIVATE_ENV, Webhook, check_target, signature
 from scaigrid.runtime.errors import BadRequest
 
 ALL = ["email", "phone", "iban", "card", "ip"]

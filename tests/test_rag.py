@@ -22,7 +22,7 @@ from conftest import bootstrap_key, launch
 from test_documents import make_pdf
 from scaigrid.adapters.backends import EMBED_MODEL, model_dir_for
 from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraph
-from scaigrid.functions.chunking import chunk_text
+from scaigrid.functions.ingest.chunking import chunk_text
 from scaigrid.runtime.testing import SCAIGRID
 
 REPO = Path(__file__).resolve().parents[1]

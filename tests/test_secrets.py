@@ -39,10 +39,10 @@ GRAPH = {
     "version": 1,
     "path": [str(ROOT / "tests" / "demo_functions")],
     "functions": {
-        "gateway": {"entry": "scaigrid.functions.gateway:Gateway", "replicas": 1},
-        "auth": {"entry": "scaigrid.functions.auth:Auth", "placement": "inline", "replicas": 0},
-        "plugins": {"entry": "scaigrid.functions.plugins:Plugins", "placement": "inline", "replicas": 0},
-        "admin": {"entry": "scaigrid.functions.admin:Admin", "placement": "inline", "replicas": 0},
+        "gateway": {"entry": "scaigrid.functions.gateway.service:Gateway", "replicas": 1},
+        "auth": {"entry": "scaigrid.functions.auth.service:Auth", "placement": "inline", "replicas": 0},
+        "plugins": {"entry": "scaigrid.functions.plugins.service:Plugins", "placement": "inline", "replicas": 0},
+        "admin": {"entry": "scaigrid.functions.admin.service:Admin", "placement": "inline", "replicas": 0},
         "parrot": {"entry": "demo:Parrot", "placement": "inline", "replicas": 0},
     },
     "routes": {

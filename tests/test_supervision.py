@@ -115,7 +115,7 @@ def test_broker_down_is_one_clear_line(tmp_path):
 
 def test_bad_graph_stops_up_with_its_line(tmp_path):
     bad = tmp_path / "graph.yaml"
-    bad.write_text("version: 1\nfunctions:\n  gateway:\n    entry: scaigrid.functions.gateway:Gateway\n"
+    bad.write_text("version: 1\nfunctions:\n  gateway:\n    entry: scaigrid.functions.gateway.service:Gateway\n"
                    "    replicas: many\n")
     result = subprocess.run([*SCAIGRID, "up", "--graph", str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

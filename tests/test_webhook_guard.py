@@ -15,8 +15,8 @@ from pydantic import SecretStr
 
 from scaigrid.adapters.upstream.openai_compatible import Deployment, Upstream
 from scaigrid.adapters.upstream.redact import redact_text, redact_url
-from scaigrid.functions.plugin_kinds.base import HookContext
-from scaigrid.functions.plugin_kinds.webhook import ALLOW_PRIVATE_ENV, Webhook
+from scaigrid.functions.plugins.kinds.base import HookContext
+from scaigrid.functions.plugins.kinds.webhook import ALLOW_PRIVATE_ENV, Webhook
 from scaigrid.runtime.errors import BadRequest, Unavailable, UpstreamError
 from scaigrid.runtime.logs import JsonFormatter
 from receivers import JsonHandler

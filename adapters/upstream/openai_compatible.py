@@ -13,7 +13,6 @@ from typing import Any, Iterator
 import eventlet
 import httpx
 
-from scaigrid.runtime.errors import BadRequest, StepError, UpstreamError
 from scaigrid.runtime.logs import log
 
 from .redact import guard_httpx_log, redact_url
@@ -21,6 +20,22 @@ from .redact import guard_httpx_log, redact_url
 _log = logging.getLogger("scaigrid.upstream")
 guard_httpx_log()  # httpx's INFO line names the full upstream URL
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class UpstreamFailed(Exception):
+    """Every deployment failed, or a stream was cut after its first chunk (`code` says which)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+class UpstreamRejected(Exception):
+    """The upstream refused the request as the caller's mistake (a 4xx other than those retried)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -102,11 +117,11 @@ class Upstream:
             answer = r.json()
             answer["model"] = self.model_id
             return answer
-        raise UpstreamError(f"model '{self.model_id}': every upstream failed (last: {last})", code="upstream_failed")
+        raise UpstreamFailed(f"model '{self.model_id}': every upstream failed (last: {last})", "upstream_failed")
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:
         """Streamed passthrough: chunks as the upstream sends them. Before the first chunk a failure moves on to
-        a retry or the next deployment; after it, the stream is cut and the caller hears UpstreamError."""
+        a retry or the next deployment; after it, the stream is cut and the caller hears UpstreamFailed."""
         body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         last = "no deployment"
         for deployment, attempt in self._attempts():
@@ -135,30 +150,30 @@ class Upstream:
                         sent += 1
                         yield chunk
                     if sent:  # every OpenAI-compatible stream ends with [DONE]: without it, it was cut
-                        raise UpstreamError(f"model '{self.model_id}': the upstream stream broke after {sent} "
-                                            f"chunks (closed without [DONE])", code="upstream_stream_cut")
+                        raise UpstreamFailed(f"model '{self.model_id}': the upstream stream broke after {sent} "
+                                             f"chunks (closed without [DONE])", "upstream_stream_cut")
                     last = f"{deployment.shown}: empty stream"
             except (httpx.HTTPError, json.JSONDecodeError) as exc:
                 if sent:
-                    raise UpstreamError(f"model '{self.model_id}': the upstream stream broke after {sent} chunks "
-                                        f"({type(exc).__name__})", code="upstream_stream_cut") from None
+                    raise UpstreamFailed(f"model '{self.model_id}': the upstream stream broke after {sent} chunks "
+                                         f"({type(exc).__name__})", "upstream_stream_cut") from None
                 last = f"{deployment.shown}: {type(exc).__name__}"
                 log(_log, logging.WARNING, "upstream stream failed", upstream=deployment.shown, attempt=attempt,
                     error=type(exc).__name__)
-        raise UpstreamError(f"model '{self.model_id}': every upstream failed (last: {last})", code="upstream_failed")
+        raise UpstreamFailed(f"model '{self.model_id}': every upstream failed (last: {last})", "upstream_failed")
 
     def close(self) -> None:
         self.client.close()
 
 
-def _client_error(r: httpx.Response) -> StepError:
+def _client_error(r: httpx.Response) -> UpstreamRejected:
     try:
         error = r.json().get("error") or {}
     except (ValueError, AttributeError):
         error = {}
     message = error.get("message") if isinstance(error, dict) else str(error)
-    return BadRequest(f"upstream refused the request: {message or r.reason_phrase}", param=(
-        error.get("param") if isinstance(error, dict) else None), code="upstream_rejected")
+    return UpstreamRejected(f"upstream refused the request: {message or r.reason_phrase}",
+                            error.get("param") if isinstance(error, dict) else None)
 
 
 def usage_of(answer: dict) -> dict[str, Any]:

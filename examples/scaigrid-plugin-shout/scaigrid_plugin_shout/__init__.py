@@ -1,7 +1,7 @@
 """A sample third-party plugin: upper-cases the model's answers (whole and streamed), optionally with a '!'."""
 from pydantic import Field
 
-from scaigrid.functions.plugin_kinds.base import HookContext, Plugin, PluginConfig
+from scaigrid.functions.plugins.kinds.base import HookContext, Plugin, PluginConfig
 
 
 class Shout(Plugin):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaigrid.functions.plugin_kinds.base import HookContext  # noqa: E402
+from scaigrid.functions.plugins.kinds.base import HookContext  # noqa: E402
 from scaigrid_plugin_shout import Shout  # noqa: E402
 
 

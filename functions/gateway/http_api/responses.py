@@ -14,9 +14,20 @@ def json_response(body: Any, status: int = 200, headers: dict | None = None) -> 
                     mimetype="application/json")
 
 
+# OpenAI's error `type` for each status (the runtime's errors carry a status and a code, not an API's format); both
+# APIs answer errors in OpenAI's shape, so an SDK's exception classes work on /api/v1 as well
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error", 500: "server_error",
+               504: "timeout"}
+
+
+def error_body(exc: StepError) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(exc.status) or ("invalid_request_error" if 400 <= exc.status < 499 else "api_error")
+    return {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
+
+
 def error_response(exc: StepError, headers: dict | None = None) -> Response:
     headers = dict(headers or {})
     retry_after = exc.details.get("retry_after") if exc.details else None
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    return json_response(exc.to_openai(), exc.status, headers)
+    return json_response(error_body(exc), exc.status, headers)

@@ -3,11 +3,13 @@ same stores the same way. nameko finds DependencyProviders on base classes too."
 from __future__ import annotations
 
 from scaigrid.adapters.graph.extract import Extractor
-from scaigrid.adapters.graph.knowledge_graph import KnowledgeGraphStore
+from scaigrid.adapters.graph.store import KnowledgeGraphStore
 from scaigrid.adapters.sql.rag_store import RagStore
 from scaigrid.adapters.vector.provider import VectorStores
 from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.executor import Executor
+
+from .embedding_client import EmbeddingClientProvider
 
 
 class RagDependencies:
@@ -18,3 +20,4 @@ class RagDependencies:
     graph = KnowledgeGraphStore(required=False)  # None unless SCAIGRID_NEO4J_URL is set
     extractor = Extractor()  # spaCy, in real threads
     calls = Executor()  # graph.yaml `calls:` edges: inference.embed, inference.embedding_model
+    embeddings = EmbeddingClientProvider()  # those calls, and the usage they cause

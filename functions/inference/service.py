@@ -6,20 +6,20 @@ length, prices. Answers are in OpenAI's shapes whatever the backend.
 """
 from __future__ import annotations
 
+import base64
 import time
 
+import numpy as np
 from nameko.rpc import rpc
 from prometheus_client import Gauge
 
-import base64
-
-import numpy as np
-
 from scaigrid.adapters.local_models import LOCAL_BACKENDS, LocalModelProvider
-from scaigrid.adapters.upstream.openai_compatible import Upstream, estimated_usage, usage_of
+from scaigrid.adapters.upstream.openai_compatible import estimated_usage, usage_of
 from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.errors import BadRequest, NotFound
 from scaigrid.runtime.streams import ChunkSender, StreamClosed
+
+from .dependencies import UpstreamProvider
 
 STARTED = int(time.time())
 # livesum: the gateway's /metrics adds up every replica of the host (multiprocess folder); a model id label only
@@ -34,7 +34,7 @@ class Inference:
     config = FunctionConfig()
     stream = ChunkSender()
     local = LocalModelProvider()
-    _upstreams: dict = {}
+    upstreams = UpstreamProvider()
 
     def _spec(self, model_id: str | None, kind: str) -> dict:
         spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
@@ -44,12 +44,6 @@ class Inference:
             raise BadRequest(f"the model '{model_id}' is a {spec.get('kind')} model, not a {kind} model",
                              code="wrong_model_kind", param="model")
         return spec
-
-    def _upstream(self, spec: dict) -> Upstream:
-        up = Inference._upstreams.get(spec["id"])
-        if up is None:
-            up = Inference._upstreams[spec["id"]] = Upstream.from_registry(spec)
-        return up
 
     def _refuse_unsupported(self, spec: dict, body: dict) -> None:
         """Local models say clearly what they cannot do; upstreams get every field unchanged."""
@@ -93,15 +87,14 @@ class Inference:
         if spec.get("backend") in LOCAL_BACKENDS:
             self._refuse_unsupported(spec, body)
             return self._local(envelope, spec, body, chat=path == "/chat/completions")
-        upstream = self._upstream(spec)
         writer = self.stream.open(envelope)
         if writer is None:
-            answer = upstream.call(path, body)
+            answer = self.upstreams.call(spec, path, body)
             envelope["response"], envelope["usage"] = answer, usage_of(answer)
             return envelope
         usage, pieces = None, 0
         try:
-            for chunk in upstream.stream(path, body):
+            for chunk in self.upstreams.stream(spec, path, body):
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 if chunk.get("choices"):
@@ -128,7 +121,7 @@ class Inference:
                 "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
             envelope["usage"] = {"prompt_tokens": sum(counts), "completion_tokens": 0, "total_tokens": sum(counts)}
             return envelope
-        answer = self._upstream(spec).call("/embeddings", body)
+        answer = self.upstreams.call(spec, "/embeddings", body)
         envelope["response"], envelope["usage"] = answer, usage_of(answer)
         return envelope
 
@@ -144,7 +137,7 @@ class Inference:
             vectors, counts = self.local.embed(spec["id"], list(texts))
             matrix, tokens = np.asarray(vectors, "<f4"), sum(counts)
         else:
-            answer = self._upstream(spec).call("/embeddings", {"model": model, "input": list(texts)})
+            answer = self.upstreams.call(spec, "/embeddings", {"model": model, "input": list(texts)})
             rows = sorted(answer["data"], key=lambda d: d["index"])
             matrix, tokens = np.asarray([r["embedding"] for r in rows], "<f4"), usage_of(answer)["total_tokens"]
         return {"model": spec["id"], "count": matrix.shape[0], "dimensions": matrix.shape[1],

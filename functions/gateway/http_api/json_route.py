@@ -13,7 +13,7 @@ from scaigrid.runtime.errors import BadRequest, StepError
 from scaigrid.runtime.streams import with_answer_fields
 
 from .carried import uncarried
-from .responses import json_response
+from .responses import error_body, json_response
 
 
 def sse(data: Any) -> bytes:
@@ -63,4 +63,4 @@ class JsonRoute:
         return b"data: [DONE]\n\n"
 
     def render_stream_error(self, exc: StepError) -> bytes:
-        return sse(exc.to_openai())
+        return sse(error_body(exc))

@@ -12,25 +12,23 @@ from eventlet.queue import Empty
 from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from werkzeug.exceptions import MethodNotAllowed, NotFound as NoRoute
-from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime import metrics
 from scaigrid.runtime.envelope import new_envelope
-from scaigrid.runtime.errors import NotFound, StepError, StepTimeout, Unavailable, as_step_error
+from scaigrid.runtime.errors import StepError, StepTimeout, Unavailable, as_step_error
 from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.lifecycle import inflight
 from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
 
-from .access import require_model
+from ..shared.access import require_model
+from .dependencies import HttpRoutesProvider
 from .http_api import HANDLERS
 from .http_api.body import read_body
 from .http_api.disconnect import watch_disconnect
 from .http_api.json_route import answer_of
 from .http_api.docs_page import docs_asset, docs_page
-from .http_api.openapi import document as openapi_document
 from .http_api.responses import error_response, json_response
 
 _log = logging.getLogger("scaigrid.gateway")
@@ -83,8 +81,7 @@ class Gateway:
     name = "gateway"
     routes = Executor()
     chunks = ChunkListener()
-    _url_map: Map | None = None
-    _openapi: dict | None = None
+    http_routes = HttpRoutesProvider()
 
     @http("GET", "/healthz")
     def healthz(self, request: Request) -> Response:
@@ -103,9 +100,7 @@ class Gateway:
     @http("GET", "/api/v1/openapi.json")
     def openapi(self, request: Request) -> Response:
         """The native API's OpenAPI 3.1 document, generated from graph.yaml and the operations' models."""
-        if Gateway._openapi is None:
-            Gateway._openapi = openapi_document(self.routes.graph)
-        return json_response(Gateway._openapi)
+        return json_response(self.http_routes.openapi())
 
     @http("GET", "/v1/openapi.json")
     def openapi_v1(self, request: Request) -> Response:
@@ -146,7 +141,7 @@ class Gateway:
                 headers["Connection"] = "close"
                 raise Unavailable("this gateway replica is shutting down; retry", code="shutting_down")
             with inflight.track():
-                route_name, path_values = self._match(request)
+                route_name, path_values = self.http_routes.match(request)
                 route = self.routes.graph.routes[route_name]
                 handler = HANDLERS[route.handler]
                 envelope = new_envelope(route_name, {"path": path_values}, request_id=rid,
@@ -275,19 +270,3 @@ class Gateway:
                 out += self.routes.call(step.step, chunk, request_id=envelope["id"]).get("emit", [])
             pieces = out
         return pieces
-
-    def _match(self, request: Request) -> tuple[str, dict]:
-        if Gateway._url_map is None:
-            rules = []
-            for name, route in self.routes.graph.routes.items():
-                for endpoint in route.http:
-                    methods, _, path = endpoint.partition(" ")
-                    rules.append(Rule(path, methods=methods.split(","), endpoint=name))
-            Gateway._url_map = Map(rules)
-        try:
-            return Gateway._url_map.bind_to_environ(request.environ).match()
-        except MethodNotAllowed:
-            raise NotFound(f"{request.method} is not served at {request.path}", code="method_not_allowed") from None
-        except NoRoute:
-            raise NotFound(f"no route serves {request.method} {request.path}; see graph.yaml",
-                           code="unknown_route") from None

@@ -9,8 +9,8 @@ from scaigrid.adapters.cache.key_cache import KeyCache
 from scaigrid.adapters.sql.identity import IdentityStore
 from scaigrid.runtime.errors import Unauthorized
 
-from .access import require_model
-from .auth_keys import lookup_of, matches
+from ..shared.access import require_model
+from ..shared.api_keys import lookup_of, matches
 
 
 class Auth:

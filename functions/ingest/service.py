@@ -23,8 +23,8 @@ from scaigrid.adapters.sql.rag_store import StartedJob
 from scaigrid.runtime.logs import log
 
 from .chunking import chunk_text
-from .embedding_client import DEFAULT_EMBEDDING_MODEL, embed, record_usage, tokenizer_for
-from .rag_dependencies import RagDependencies
+from ..shared.embedding_client import DEFAULT_EMBEDDING_MODEL
+from ..shared.rag_dependencies import RagDependencies
 
 _log = logging.getLogger("scaigrid.rag")
 BATCH = 64  # chunks per embedding call and per progress update
@@ -140,6 +140,7 @@ class Ingest(RagDependencies):
         if not job_id or envelope.get("error"):
             return
         fallback = self.config.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
-        Ingestion(self.docs, self.vectors, lambda model, texts: embed(self.calls, model, texts),
-                  lambda model: tokenizer_for(self.calls, model, fallback), self.graph, self.extractor,
-                  bill=lambda model, tokens: record_usage(self.calls, envelope, "ingest", model, tokens)).run(job_id)
+        embeddings = self.embeddings
+        Ingestion(self.docs, self.vectors, embeddings.embed, lambda model: embeddings.tokenizer(model, fallback),
+                  self.graph, self.extractor,
+                  bill=lambda model, tokens: embeddings.record_usage(envelope, "ingest", model, tokens)).run(job_id)

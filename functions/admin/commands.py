@@ -8,7 +8,7 @@ from scaigrid.adapters.sql.identity import IdentityRepository
 from scaigrid.adapters.sql.migrate import upgrade
 from scaigrid.runtime.settings import Settings
 
-from .auth_keys import mint
+from ..shared.api_keys import mint
 
 
 def bootstrap(args) -> int:

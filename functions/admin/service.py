@@ -10,9 +10,9 @@ from scaigrid.adapters.sql.identity import Conflict as NameTaken
 from scaigrid.adapters.sql.identity import IdentityStore
 from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden
 
-from .access import (MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform,
+from ..shared.access import (MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform,
                      tenant_not_found, visible_key)
-from .auth_keys import mint
+from ..shared.api_keys import mint
 
 class Admin:
     """Native API operations on identities. Each writes its audit event in the same transaction as the change."""

@@ -2,7 +2,7 @@
 knowledge graph, and `rag.augment`, the chat step that puts retrieved context into the prompt and cites it.
 
 Embeddings come from the inference function (graph.yaml `calls: [inference.embed, inference.embedding_model]`), so
-one registry serves chat, `/v1/embeddings` and RAG. Ingestion jobs run in their own function (functions/ingest.py),
+one registry serves chat, `/v1/embeddings` and RAG. Ingestion jobs run in their own function (functions/ingest/service.py),
 so that a burst of uploads scales, and queues, apart from the searches chat requests wait on. Vectors live in the configured VectorStore (pgvector by
 default), entities in the knowledge graph (Neo4j, when `SCAIGRID_NEO4J_URL` is set), rows in PostgreSQL.
 """
@@ -20,10 +20,10 @@ from scaigrid.adapters.sql.rag_store import NameTaken
 from scaigrid.adapters.vector.base import VectorStoreError
 from scaigrid.runtime.errors import BadRequest, Conflict, NotFound
 
-from .access import list_page, page_args, principal_of, require_manager, require_model
-from .embedding_client import DEFAULT_EMBEDDING_MODEL, embed, record_usage
-from .rag_dependencies import RagDependencies
-from .rag_context import citations_of, inject_context, last_user_text
+from ..shared.access import list_page, page_args, principal_of, require_manager, require_model
+from ..shared.embedding_client import DEFAULT_EMBEDDING_MODEL
+from ..shared.rag_dependencies import RagDependencies
+from .context import citations_of, inject_context, last_user_text
 from .retrieval import Retriever
 
 DEFAULTS = {"embedding_model": DEFAULT_EMBEDDING_MODEL, "chunk_size": 200, "chunk_overlap": 40, "max_context_chars": 6000}
@@ -47,7 +47,7 @@ class Rag(RagDependencies):
 
         def embed_query(text: str) -> list[float]:
             if text not in seen:
-                vectors, tokens = embed(self.calls, model, [text])
+                vectors, tokens = self.embeddings.embed(model, [text])
                 seen[text], spent[model] = vectors[0], spent.get(model, 0) + tokens
             return seen[text]
 
@@ -56,7 +56,7 @@ class Rag(RagDependencies):
 
     def _bill(self, envelope: dict, spent: dict[str, int]) -> None:
         for model, tokens in spent.items():
-            record_usage(self.calls, envelope, f"embed:{model}", model, tokens)
+            self.embeddings.record_usage(envelope, f"embed:{model}", model, tokens)
 
     def _collection(self, envelope: dict, count_documents: bool = False) -> tuple[str, dict]:
         """(tenant, the collection the path names, by id or name), else 404."""
@@ -76,7 +76,7 @@ class Rag(RagDependencies):
         body = envelope["request"]["body"]
         model = body.get("embedding_model") or self._setting("embedding_model")
         require_model(principal.get("models"), model, "embedding_model")
-        info = self.calls.call("inference.embedding_model", model)
+        info = self.embeddings.model(model)
         size = body.get("chunk_size") or min(self._setting("chunk_size"), info["max_tokens"] - SPECIAL_TOKENS)
         overlap = body.get("chunk_overlap")
         overlap = min(self._setting("chunk_overlap"), size // 4) if overlap is None else overlap

@@ -16,8 +16,8 @@ from pydantic import SecretStr, ValidationError
 from scaigrid.adapters.sql.plugin_store import PluginStore
 from scaigrid.runtime.errors import BadRequest, NotFound
 
-from .access import PLATFORM, principal_of, require_manager
-from .plugin_kinds import HookContext, kinds
+from ..shared.access import PLATFORM, principal_of, require_manager
+from .kinds import HookContext, kinds
 
 PARSED_CACHE_SIZE = 10_000  # plugins kept parsed per process: a kind instance and its config, ~0.8 KB each
 PARSED_TTL = 600.0  # and for at most this long, so memory follows the plugins in use, not every plugin ever seen

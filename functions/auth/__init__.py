@@ -1,0 +1,1 @@
+"""The auth function: API key -> principal, with its key cache."""

@@ -1,0 +1,1 @@
+"""The ingest function: ingestion jobs (chunk, embed, index, extract entities)."""

@@ -1,0 +1,1 @@
+"""The rag function: collections, documents, hybrid search and graph context for chat."""

@@ -1,0 +1,1 @@
+"""The system function: facts about this deployment."""

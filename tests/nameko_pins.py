@@ -1,0 +1,120 @@
+"""The nameko private APIs runtime/nameko_compat.py wraps, each pinned on a real container. Run by
+tests/test_nameko_compat.py, one pin per process: nameko needs eventlet's monkey patch, which the test process
+(pytest's capture) does not have. `python tests/nameko_pins.py NAME` exits 0 when the pin holds."""
+import eventlet
+
+eventlet.monkey_patch()
+
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+from nameko.containers import ServiceContainer, WorkerContext  # noqa: E402
+from nameko.extensions import DependencyProvider  # noqa: E402
+from nameko.rpc import ReplyListener, rpc  # noqa: E402
+from nameko.web.handlers import http  # noqa: E402
+from nameko.web.server import WebServer  # noqa: E402
+
+from scaigrid.runtime import nameko_compat  # noqa: E402
+from scaigrid.runtime.testing import Vhost, free_port  # noqa: E402
+
+
+class Recorder(DependencyProvider):
+    """Records the worker lifecycle around each call, and the greenthread it ran in."""
+
+    def setup(self):
+        self.seen = []
+
+    def worker_setup(self, worker_ctx):
+        self.seen.append(("setup", eventlet.getcurrent()))
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        self.seen.append(("result", result))
+
+    def get_dependency(self, worker_ctx):
+        return self.seen
+
+
+class Tiny:
+    name = "tiny"
+    seen = Recorder()
+
+    @rpc
+    def double(self, x):
+        return 2 * x
+
+    @rpc
+    def slow(self, seconds):
+        eventlet.sleep(seconds)
+        return "done"
+
+    @http("GET", "/ping")
+    def ping(self, request):
+        return "pong"
+
+
+def started(vhost: Vhost) -> ServiceContainer:
+    port = free_port()
+    container = ServiceContainer(Tiny, {"AMQP_URI": vhost.uri, "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}"})
+    container.start()
+    container.port = port
+    return container
+
+
+def _entrypoint(container, name):
+    return next(e for e in container.entrypoints if e.method_name == name)
+
+
+def pin_run_worker_runs_the_method_in_the_calling_greenthread_with_the_lifecycle(tiny):
+    results = []
+    ctx = WorkerContext(tiny, Tiny(), _entrypoint(tiny, "double"), (21,), {})
+    nameko_compat.run_worker(tiny, ctx, lambda worker_ctx, result, exc_info: results.append(result) or
+                             (result, exc_info))
+    recorder = next(d for d in tiny.dependencies if isinstance(d, Recorder))
+    assert results == [42]
+    assert recorder.seen == [("setup", eventlet.getcurrent()), ("result", 42)]
+
+
+def pin_wait_for_workers_waits_for_a_spawned_worker(tiny):
+    done = []
+    tiny.spawn_worker(_entrypoint(tiny, "slow"), (0.3,), {},
+                      handle_result=lambda ctx, result, exc_info: done.append(result) or (result, exc_info))
+    began = time.monotonic()
+    nameko_compat.wait_for_workers(tiny)
+    assert done == ["done"] and time.monotonic() - began >= 0.25
+
+
+def pin_stop_accepting_refuses_new_connections_and_keeps_open_ones(tiny):
+    with httpx.Client(base_url=f"http://127.0.0.1:{tiny.port}") as kept:
+        assert kept.get("/ping").text == "pong"  # a keep-alive connection, open before the stop
+        server = next(e for e in tiny.subextensions if isinstance(e, WebServer))
+        nameko_compat.stop_accepting(server)
+        nameko_compat.stop_accepting(server)  # twice is harmless (a drain may be asked again)
+        try:
+            httpx.get(f"http://127.0.0.1:{tiny.port}/ping", timeout=2)
+            raise AssertionError("a new connection was still accepted")
+        except httpx.ConnectError:
+            pass
+        assert kept.get("/ping").text == "pong"
+
+
+def pin_forget_reply_drops_the_reply_event(tiny):
+    listener = ReplyListener()
+    listener.container = tiny
+    listener.setup()
+    listener.get_reply_event("abc")
+    assert "abc" in listener._reply_events
+    nameko_compat.forget_reply(listener, "abc")
+    nameko_compat.forget_reply(listener, "abc")  # a second forget (timeout after an unsent message) is fine
+    assert "abc" not in listener._reply_events
+
+
+if __name__ == "__main__":
+    vhost = Vhost()
+    container = started(vhost)
+    try:
+        globals()["pin_" + sys.argv[1]](container)
+    finally:
+        container.kill()
+        vhost.delete()
+    print("holds:", sys.argv[1])
