@@ -26,7 +26,8 @@ from scaigrid.runtime.errors import RateLimited, Unavailable
 from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.logs import log
 
-from ..shared.access import MEMBER, PLATFORM, principal_of, require_manager, require_platform, tenant_not_found, visible_key
+from ..shared.access import (MEMBER, PLATFORM, principal_of, require_manager, require_platform, tenant_not_found,
+                             visible_key)
 from .pricing import cost_of, estimate, registry
 
 _log = logging.getLogger("scaigrid.accounting")

@@ -10,8 +10,8 @@ from scaigrid.adapters.sql.identity import Conflict as NameTaken
 from scaigrid.adapters.sql.identity import IdentityStore
 from scaigrid.runtime.errors import BadRequest, Conflict, Forbidden
 
-from ..shared.access import (MEMBER, PLATFORM, list_page, page_args, principal_of, require_manager, require_platform,
-                     tenant_not_found, visible_key)
+from ..shared.access import (MEMBER, PLATFORM, list_page, managed_tenant, page_args, principal_of, require_manager,
+                             require_platform, tenant_not_found, visible_key)
 from ..shared.api_keys import mint
 
 class Admin:
@@ -81,9 +81,7 @@ class Admin:
     @rpc
     def create_key(self, envelope: dict) -> dict:
         """POST /api/v1/tenants/{tenant_id}/keys {name, role, models?, expires_at?} — the key is shown once."""
-        principal = principal_of(envelope)
-        tenant_id = envelope["request"]["path"]["tenant_id"]
-        require_manager(principal, tenant_id)
+        principal, tenant_id = managed_tenant(envelope)
         tenant = self.identity.get_tenant(tenant_id)
         if tenant is None:
             raise tenant_not_found(tenant_id)
@@ -106,9 +104,7 @@ class Admin:
     @rpc
     def list_keys(self, envelope: dict) -> dict:
         """GET /api/v1/tenants/{tenant_id}/keys — tenant admin of that tenant, or platform admin."""
-        principal = principal_of(envelope)
-        tenant_id = envelope["request"]["path"]["tenant_id"]
-        require_manager(principal, tenant_id)
+        principal, tenant_id = managed_tenant(envelope)
         envelope["response"] = list_page(*self.identity.list_keys(tenant_id, *page_args(envelope)))
         return envelope
 

@@ -1,10 +1,11 @@
-"""The ingest function: one ingestion job per upload (the upload route's after-step `ingest.run`): the document's text -> token chunks with overlap -> embeddings (through the inference
-function) -> the vector store -> entities and relations (spaCy) -> the knowledge graph. Progress is written to the
-job row after every batch, so `GET /api/v1/jobs/{id}` shows it live.
+"""The ingest function: one ingestion job per upload (the upload route's after-step `ingest.run`): the document's text
+-> token chunks with overlap -> embeddings (through the inference function) -> the vector store -> entities and
+relations (spaCy) -> the knowledge graph. Progress is written to the job row after every batch, so `GET
+/api/v1/jobs/{id}` shows it live.
 
 Safe to run again: a job redelivered after a crash starts over, chunk ids are `<document>:<index>` (an upsert
-replaces), and the graph's add_document replaces the document's part. A job whose document or collection is
-deleted while it runs stops at its next batch and removes what it had written.
+replaces), and the graph's add_document replaces the document's part. A job whose document or collection is deleted
+while it runs stops at its next batch and removes what it had written.
 """
 from __future__ import annotations
 

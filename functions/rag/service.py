@@ -1,10 +1,11 @@
-"""The RAG function: collections and documents per tenant (native API), ingestion jobs, hybrid search with the
-knowledge graph, and `rag.augment`, the chat step that puts retrieved context into the prompt and cites it.
+"""The RAG function: collections and documents per tenant (native API), ingestion jobs, hybrid search with the knowledge
+graph, and `rag.augment`, the chat step that puts retrieved context into the prompt and cites it.
 
 Embeddings come from the inference function (graph.yaml `calls: [inference.embed, inference.embedding_model]`), so
-one registry serves chat, `/v1/embeddings` and RAG. Ingestion jobs run in their own function (functions/ingest/service.py),
-so that a burst of uploads scales, and queues, apart from the searches chat requests wait on. Vectors live in the configured VectorStore (pgvector by
-default), entities in the knowledge graph (Neo4j, when `SCAIGRID_NEO4J_URL` is set), rows in PostgreSQL.
+one registry serves chat, `/v1/embeddings` and RAG. Ingestion jobs run in their own function (functions/ingest/), so
+that a burst of uploads scales, and queues, apart from the searches chat requests wait on. Vectors live in the
+configured VectorStore (pgvector by default), entities in the knowledge graph (Neo4j, when `SCAIGRID_NEO4J_URL` is
+set), rows in PostgreSQL.
 """
 from __future__ import annotations
 

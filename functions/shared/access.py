@@ -40,6 +40,13 @@ def require_manager(principal: dict, tenant_id: str) -> None:
         raise Forbidden("only a tenant admin may manage this tenant", code="tenant_admin_only")
 
 
+def managed_tenant(envelope: dict) -> tuple[dict, str]:
+    """(caller, the tenant the path names) for an operation only that tenant's managers may do."""
+    principal, tenant_id = principal_of(envelope), envelope["request"]["path"]["tenant_id"]
+    require_manager(principal, tenant_id)
+    return principal, tenant_id
+
+
 def page_args(envelope: dict) -> tuple[int, str | None]:
     query = envelope["request"].get("query") or {}
     return int(query.get("limit", 20)), query.get("after")
