@@ -13,11 +13,11 @@ from http.server import ThreadingHTTPServer
 import pytest
 from pydantic import SecretStr
 
-from scaigrid.adapters.upstream.openai_compatible import Deployment, Upstream
+from scaigrid.adapters.upstream.openai_compatible import Deployment, Upstream, UpstreamFailed
 from scaigrid.adapters.upstream.redact import redact_text, redact_url
 from scaigrid.functions.plugins.kinds.base import HookContext
 from scaigrid.functions.plugins.kinds.webhook import ALLOW_PRIVATE_ENV, Webhook
-from scaigrid.runtime.errors import BadRequest, Unavailable, UpstreamError
+from scaigrid.runtime.errors import BadRequest, Unavailable
 from scaigrid.runtime.logs import JsonFormatter
 from receivers import JsonHandler
 
@@ -234,12 +234,12 @@ def test_upstream_base_url_is_redacted_in_logs_and_errors(logs):
         closed = s.getsockname()[1]
     base = f"http://key:{TOKEN}@127.0.0.1:{closed}/tenant-{TOKEN}/v1?api-key={TOKEN}"
     upstream = Upstream("m", [Deployment.parse({"base_url": base, "connect_timeout": 1}, "m")], retries=0)
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(UpstreamFailed) as info:
         upstream.call("/chat/completions", {"messages": []})
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamFailed):
         list(upstream.stream("/chat/completions", {"messages": []}))
     upstream.close()
-    assert TOKEN not in info.value.message and f"http://127.0.0.1:{closed}" in info.value.message
+    assert TOKEN not in str(info.value) and f"http://127.0.0.1:{closed}" in str(info.value)
     text = logs.getvalue()
     assert TOKEN not in text and text.count(f'"upstream": "http://127.0.0.1:{closed}"') == 2
 
