@@ -3,7 +3,7 @@
 #
 #   ./dev.sh setup              create .venv and install '.[cpu,dev]' (skipped when setup.py is unchanged)
 #   ./dev.sh services           start PostgreSQL, Redis and RabbitMQ if they are not answering; create db "scaigrid"
-#   ./dev.sh test [pytest args] setup + services, then pytest
+#   ./dev.sh test [pytest args] setup + services, then pytest: the unit layer, then the rest (or just the args)
 #   ./dev.sh up [args]          setup + services (+ FalkorDB for the knowledge graph), then `scaigrid up`
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
@@ -39,7 +39,8 @@ usage: ./dev.sh <command> [args...]
 
   setup               create .venv and pip install -e '.[cpu,dev]' (skipped when setup.py is unchanged)
   services            start PostgreSQL, Redis, RabbitMQ when not answering; ensure database "scaigrid"
-  test [pytest args]  setup + services, then: .venv/bin/python -m pytest -q -ra [args]
+  test [pytest args]  setup + services, then: .venv/bin/python -m pytest -q -ra -m unit tests/unit (stops on a
+                      failure), then -m "not unit" (the graph tests); with args: pytest -q -ra [args] alone
   up [args]           setup + services, then: .venv/bin/scaigrid up [args]
 EOF
 }
@@ -211,17 +212,30 @@ cmd_services() {
 
 # ---------------------------------------------------------------- test / up
 
+# pytest_phase NAME ARGS...: pytest -q -ra ARGS; exits on a failure, and on "no tests collected" (exit 5).
+pytest_phase() {
+    local name="$1" rc=0
+    shift
+    say "test: $name: .venv/bin/python -m pytest -q -ra $*"
+    "$PY" -m pytest -q -ra "$@" || rc=$?
+    if ((rc == 5)); then
+        say "test: $name: pytest collected no tests; treating that as a failure"
+        exit 1
+    fi
+    ((rc == 0)) || exit "$rc"
+}
+
 cmd_test() {
     cmd_setup
     cmd_services
-    say "test: .venv/bin/python -m pytest -q -ra $*"
-    local rc=0
-    "$PY" -m pytest -q -ra "$@" || rc=$?
-    if ((rc == 5)); then
-        say "test: pytest collected no tests; treating that as a failure"
-        exit 1
+    if (($# > 0)); then
+        pytest_phase "given" "$@"  # ./dev.sh test tests/test_x.py -k y: just what was asked for
+        exit 0
     fi
-    exit "$rc"
+    # the fast layer first (no graph; under a minute): a failure there stops before the graph tests start
+    pytest_phase "unit" -m unit tests/unit
+    pytest_phase "graphs" -m "not unit"
+    exit 0
 }
 
 cmd_up() {

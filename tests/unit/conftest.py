@@ -145,16 +145,30 @@ def caller(make_tenant, make_key, principal_of_key):
     return make
 
 
+@pytest.fixture(scope="session")
+def product_routes():
+    from scaigrid.runtime.graph import load_graph
+
+    return load_graph(HERE.parents[1] / "graph.yaml").routes
+
+
 @pytest.fixture
-def envelope():
-    """envelope(route, principal=None, body=None, path=None, query=None, model=None) -> a fresh envelope dict."""
-    def make(route: str, principal: dict | None = None, body=None, path=None, query=None, model=None) -> dict:
-        request = {"body": body, "path": path or {}, "query": query or {}}
-        if model is not None:
-            request["model"] = model
-        env = new_envelope(route, request, principal=principal,
-                           tenant=principal["tenant_id"] if principal else None)
-        return env
+def envelope(product_routes):
+    """envelope(route, principal=None, body=None, path=None, query=None) -> the envelope the gateway would make:
+    the request parsed (and validated) by the handler graph.yaml gives the route (the plain JSON one for a route
+    it does not name), then the principal auth.authenticate would have set."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from scaigrid.functions.gateway.http_api import HANDLERS
+
+    def make(route: str, principal: dict | None = None, body=None, path=None, query=None) -> dict:
+        handler = HANDLERS[product_routes[route].handler if route in product_routes else "json"]
+        builder = EnvironBuilder(method="POST", path="/", query_string=query or {},
+                                 **({} if body is None else {"json": body}))
+        request = handler.parse(Request(builder.get_environ()), route, path or {})
+        return new_envelope(route, request, principal=principal,
+                            tenant=principal["tenant_id"] if principal else None)
     return make
 
 
@@ -170,3 +184,33 @@ def tokenizer():
     if not path.is_file():
         pytest.skip(f"{path} is missing: run `scaigrid models prepare` once")
     return Tokenizer.from_file(str(path))
+
+
+# a graph with a priced model registry ------------------------------------------------------------------------
+
+PRICED_GRAPH = """\
+version: 1
+functions:  # a registry is all accounting reads of it: no routes, no gateway
+  inference:
+    entry: scaigrid.functions.inference.service:Inference
+    config:
+      models:
+        - {id: priced-chat, kind: chat, price: {prompt: 150, completion: 600}, max_tokens: 100, context_length: 2048}
+        - {id: priced-embed, kind: embedding, price: {prompt: 20, completion: 999}, context_length: 512}
+        - {kind: chat, price: {prompt: 1}}
+  rag:
+    entry: scaigrid.functions.rag.service:Rag
+    config:
+      models:
+        - {id: free-chat, kind: chat, context_length: 512}
+"""
+
+
+@pytest.fixture(scope="session")
+def priced_graph(tmp_path_factory):
+    """A loaded graph whose registry prices priced-chat (150/600 per 1K tokens) and priced-embed (20 per 1K)."""
+    from scaigrid.runtime.graph import load_graph
+
+    path = tmp_path_factory.mktemp("graph") / "graph.yaml"
+    path.write_text(PRICED_GRAPH)
+    return load_graph(path)
