@@ -11,7 +11,7 @@ import re
 import secrets
 
 PREFIX = "sg-"
-KEY_RE = re.compile(r"^sg-([a-z0-9]{16})\.([A-Za-z0-9_-]{43})$")
+KEY_RE = re.compile(r"sg-([a-z0-9]{16})\.([A-Za-z0-9_-]{43})")  # whole-string (fullmatch): `$` would let "\n" through
 
 
 def mint() -> tuple[str, str, str]:
@@ -27,7 +27,7 @@ def digest(key: str) -> str:
 
 def lookup_of(key: str) -> str | None:
     """The lookup id of a well-formed key, else None."""
-    m = KEY_RE.match(key)
+    m = KEY_RE.fullmatch(key)
     return m.group(1) if m else None
 
 
