@@ -42,15 +42,17 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
 
 
-def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the tighter of the key's and the tenant's limits that are set."""
+def ratelimit_headers(verdict: Verdict, tokens: int = 0) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the tighter of the key's and the tenant's limits that are set. The usage
+    is the window's before this request: an admitted one takes one request and the `tokens` it reserved."""
     headers: dict[str, str] = {}
+    mine = {"requests": 1, "tokens": tokens if verdict.admitted else 0}
     for limit_at, used_at, kind in ((0, 1, "requests"), (2, 3, "tokens")):
         set_ = [(u[limit_at], u[used_at]) for u in (verdict.usage or []) if u[limit_at] >= 0]
         if set_:
             limit, used = min(set_, key=lambda lu: lu[0] - lu[1])
             headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used - 1))
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used - mine[kind]))
             headers[f"x-ratelimit-reset-{kind}"] = "60s" if used else "0s"
     return headers
 
@@ -156,7 +158,7 @@ class Accounting:
             # when Redis is back counts it from the ledger
             envelope["context"]["accounting"] = {"tokens": tokens, "cost": cost, "epoch": None}
             return envelope
-        envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict))
+        envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict, tokens))
         if not verdict.admitted:
             raise refusal(verdict)
         envelope["context"]["accounting"] = reservation

@@ -94,8 +94,6 @@ def test_tpm_counts_reserved_tokens(accounting, limiter, who, chat):
     assert refused.value.code == "tpm_exceeded"
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: x-ratelimit-remaining-tokens is tpm - used - 1 (as if the "
-                   "request were one token); the tokens this request reserved are not subtracted")
 def test_remaining_tokens_count_what_this_request_reserved(accounting, limiter, who, chat):
     caller = who()
     limiter.set_limits("key", caller["key_id"], {"tpm": 10_000})
