@@ -195,6 +195,27 @@ def test_budget_holds_across_two_gateway_replicas(acct):
     assert len(pids) == 2  # both gateway replicas took part
 
 
+def test_the_reservation_is_sized_by_the_one_limit_the_door_derived(acct):
+    """admit reads the request's effective max_tokens, set at the door: max_completion_tokens (OpenAI's newer name)
+    when both are sent. With the consumer down nothing is reconciled, so the budget sees each reservation as made."""
+    small, large = new_tenant(acct, "one-limit-small"), new_tenant(acct, "one-limit-large")
+    for who in (small, large):
+        r = httpx.put(f"{acct.base_url}/api/v1/keys/{who['key']['id']}/limits",
+                      json={"daily_budget_micros": cost(0, 100)}, headers=acct.admin)
+        assert r.status_code == 200
+    acct.consumer.kill()
+    try:
+        # 50 tokens' worth each, not 500: two fit a budget of 100 tokens, the third finds it used up
+        asks = [meter(acct, small, prompt=0, completion=1, max_tokens=500, max_completion_tokens=50) for _ in range(3)]
+        assert [a.status_code for a in asks] == [200, 200, 429]
+        # 500 tokens' worth, not 5: the first uses the whole budget up
+        asks = [meter(acct, large, prompt=0, completion=1, max_tokens=5, max_completion_tokens=500) for _ in range(2)]
+        assert [a.status_code for a in asks] == [200, 429]
+        assert asks[1].json()["error"]["code"] == "daily_budget_exceeded"
+    finally:
+        acct.consumer.start()
+
+
 def test_rpm_holds_across_replicas_with_headers(acct):
     who = new_tenant(acct, "rpm")
     r = httpx.put(f"{acct.base_url}/api/v1/tenants/{who['tenant']['id']}/limits", json={"rpm": 15},

@@ -68,6 +68,13 @@ def test_seed_repeats_sampling_and_stop_cuts(product):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_max_completion_tokens_is_the_one_limit_the_model_gets(product):
+    """The door turns the client's fields into the one limit the inference step reads: the newer name wins."""
+    answer = product.client.chat.completions.create(model=CHAT, messages=ASK, temperature=0, max_tokens=40,
+                                                    max_completion_tokens=3)
+    assert answer.usage.completion_tokens == 3 and answer.choices[0].finish_reason == "length"
+
+
 def test_legacy_completions(product):
     answer = product.client.completions.create(model=CHAT, prompt="The sky is", max_tokens=5, temperature=0)
     assert answer.object == "text_completion" and answer.choices[0].text and answer.usage.completion_tokens <= 5

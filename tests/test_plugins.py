@@ -174,6 +174,21 @@ def test_system_prompt_and_clamp_in_order(env):
     assert received(t.chat("hi", max_tokens=10))["max_tokens"] == 10
 
 
+def test_the_steps_get_the_one_limit_the_door_derived_and_the_clamp_lowered(env):
+    plain = Tenant(env, "door-defaults").chat("hi", max_completion_tokens=7, max_tokens=300)
+    params = plain.json()["received_params"]
+    assert params["max_tokens"] == 7  # max_completion_tokens, OpenAI's newer name, is the limit
+    assert {k: params[k] for k in ("stream", "n", "temperature", "top_p", "stop")} == {
+        "stream": False, "n": 1, "temperature": 1.0, "top_p": 1.0, "stop": None}
+    assert received(plain)["max_completion_tokens"] == 7 and "n" not in received(plain)  # the body: as sent
+    t = Tenant(env, "one-limit")
+    t.add("max_tokens_clamp", {"max_tokens": 64})
+    r = t.chat("hi", max_completion_tokens=5000)
+    assert r.json()["received_params"]["max_tokens"] == 64
+    assert received(r)["max_tokens"] == 64 and "max_completion_tokens" not in received(r)
+    assert t.chat("hi", max_completion_tokens=10, max_tokens=500).json()["received_params"]["max_tokens"] == 10
+
+
 def test_changes_apply_within_a_second_on_every_replica(env):
     t = Tenant(env, "live")
     for _ in range(10):
@@ -212,6 +227,21 @@ def test_webhook_signed_modify_deny(env, webhook_server):
     r = t.chat("anything")
     assert r.status_code == 400 and r.json()["error"]["message"] == "not today"
     Hook.behaviour = {"action": "allow"}
+
+
+def test_a_webhook_rewrite_carries_the_effective_values_with_it(env, webhook_server):
+    t = Tenant(env, "rewriter")
+    t.add("webhook", {"url": webhook_server, "secret": Hook.secret})
+    Hook.behaviour = {"action": "modify", "request": {"model": "parrot", "max_completion_tokens": 9,
+                                                      "temperature": 0.5, "stream_options": {"include_usage": True},
+                                                      "messages": [{"role": "user", "content": "rewritten"}]}}
+    try:
+        params = t.chat("original", max_tokens=100, seed=3).json()["received_params"]
+        assert (params["max_tokens"], params["temperature"], params["seed"]) == (9, 0.5, None)
+        assert params["include_usage"] is False  # the answer's shape stays as the door decided
+        assert "".join(t.stream("original")) == "You said: rewritten"  # still streamed, though the rewrite says not
+    finally:
+        Hook.behaviour = {"action": "allow"}
 
 
 @pytest.mark.parametrize("fail, status", [("open", 200), ("closed", 503)])

@@ -204,6 +204,17 @@ def test_fields_pass_through_to_upstreams(stack):
     assert sent["logprobs"] is True and sent["repeat_penalty"] == 1.1 and sent["model"] == "llama-flaky"
 
 
+def test_upstreams_get_the_body_as_sent_not_the_doors_defaults(stack):
+    """The door's effective values (one max_tokens, n 1, temperature 1.0, ...) are for the steps: an upstream gets the
+    client's fields under the client's names, and none of the gateway's defaults."""
+    sent = {"model": "llama-flaky", "messages": HELLO, "max_completion_tokens": 2, "max_tokens": 2, "temperature": 0,
+            "stop": ["\n\n"], "repeat_penalty": 1.1}
+    r = httpx.post(stack.base_url + "/v1/chat/completions", json=sent, timeout=60,
+                   headers={"Authorization": f"Bearer {stack.key}"})
+    assert r.status_code == 200, r.text
+    assert Faults.seen_bodies[-1] == sent
+
+
 @pytest.mark.parametrize("body, status, param", [
     ({"model": "llama-direct"}, 400, "messages"),
     ({"model": "llama-direct", "messages": HELLO, "temperature": 5}, 400, "temperature"),

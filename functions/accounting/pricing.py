@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..shared.params import request_params
+
 DEFAULT_MAX_TOKENS = 4096
 
 
@@ -27,14 +29,14 @@ def estimate(request: dict, model: dict | None) -> tuple[int, int]:
     """An upper bound of a request's tokens and cost, reserved before it runs.
 
     A token is at least one byte of the prompt's UTF-8, so the prompt's byte length bounds its tokens; the answer is
-    bounded by max_tokens (else the model's default `max_tokens` from the registry, else its context).
+    bounded by the request's effective max_tokens (`request.params`, set at the door; else the model's default
+    `max_tokens` from the registry, else its context).
     """
     body = request.get("body") if isinstance(request.get("body"), dict) else {}
     prompt = body.get("messages", body.get("prompt", body.get("input", "")))
     prompt_tokens = len(json.dumps(prompt, ensure_ascii=False).encode()) if prompt else 0
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    completion = int(limit) if isinstance(limit, int) and limit > 0 else int(
-        (model or {}).get("max_tokens") or (model or {}).get("context_length") or DEFAULT_MAX_TOKENS)
+    completion = int(request_params(request)["max_tokens"] or (model or {}).get("max_tokens")
+                     or (model or {}).get("context_length") or DEFAULT_MAX_TOKENS)
     if (model or {}).get("kind") == "embedding":
         completion = 0
     return prompt_tokens + completion, cost_of(model, prompt_tokens, completion)

@@ -19,6 +19,7 @@ from scaigrid.runtime.dependencies import FunctionConfig
 from scaigrid.runtime.errors import BadRequest, NotFound
 from scaigrid.runtime.streams import ChunkSender, StreamClosed
 
+from ..shared.params import request_params
 from .dependencies import UpstreamProvider
 
 STARTED = int(time.time())
@@ -45,13 +46,13 @@ class Inference:
                              code="wrong_model_kind", param="model")
         return spec
 
-    def _refuse_unsupported(self, spec: dict, body: dict) -> None:
+    def _refuse_unsupported(self, spec: dict, request: dict) -> None:
         """Local models say clearly what they cannot do; upstreams get every field unchanged."""
         for name in LOCAL_UNSUPPORTED:
-            if body.get(name) not in (None, False):
+            if request["body"].get(name) not in (None, False):
                 raise BadRequest(f"'{name}' is not supported by the local model '{spec['id']}'",
                                  code="unsupported_parameter", param=name)
-        if (body.get("n") or 1) > 1:
+        if request_params(request)["n"] > 1:
             raise BadRequest(f"n > 1 is not supported by the local model '{spec['id']}'",
                              code="unsupported_parameter", param="n")
 
@@ -85,8 +86,8 @@ class Inference:
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
         if spec.get("backend") in LOCAL_BACKENDS:
-            self._refuse_unsupported(spec, body)
-            return self._local(envelope, spec, body, chat=path == "/chat/completions")
+            self._refuse_unsupported(spec, envelope["request"])
+            return self._local(envelope, spec, chat=path == "/chat/completions")
         writer = self.stream.open(envelope)
         if writer is None:
             answer = self.upstreams.call(spec, path, body)
@@ -113,7 +114,7 @@ class Inference:
         if spec.get("backend") == "onnx":
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
             vectors, counts = self.local.embed(spec["id"], texts)
-            b64 = body.get("encoding_format") == "base64"
+            b64 = request_params(envelope["request"])["encoding_format"] == "base64"
             envelope["response"] = {"object": "list", "model": spec["id"], "data": [
                 {"object": "embedding", "index": i,
                  "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if b64 else
@@ -156,8 +157,9 @@ class Inference:
         return {"model": spec["id"], "dimensions": int(dimensions),
                 "max_tokens": int(spec.get("context_length") or 8191), "tokenizer": None}
 
-    def _local(self, envelope: dict, spec: dict, body: dict, chat: bool) -> dict:
+    def _local(self, envelope: dict, spec: dict, chat: bool) -> dict:
         """A local model: OpenAI's answer or chunks, exact token counts, generation stopped when the client leaves."""
+        body, params = envelope["request"]["body"], request_params(envelope["request"])
         prompt = body["messages"] if chat else body["prompt"]
         if not chat and isinstance(prompt, list):
             if len(prompt) != 1:
@@ -165,12 +167,10 @@ class Inference:
                                  param="prompt")
             prompt = prompt[0]
         # a request that names no limit gets the model's default (graph.yaml), not its whole context
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or spec.get("max_tokens")
         try:
             deltas = self.local.generate(
-                spec["id"], prompt, max_tokens=max_tokens,
-                temperature=1.0 if body.get("temperature") is None else body["temperature"],
-                top_p=body.get("top_p") or 1.0, stop=body.get("stop"), seed=body.get("seed"))
+                spec["id"], prompt, max_tokens=params["max_tokens"] or spec.get("max_tokens"),
+                temperature=params["temperature"], top_p=params["top_p"], stop=params["stop"], seed=params["seed"])
         except ValueError as exc:  # the prompt does not fit the context, and the like
             raise BadRequest(f"model '{spec['id']}': {exc}", code="context_length_exceeded",
                              param="messages" if chat else "prompt") from None

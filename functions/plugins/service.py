@@ -17,6 +17,7 @@ from scaigrid.adapters.sql.plugin_store import PluginStore
 from scaigrid.runtime.errors import BadRequest, NotFound
 
 from ..shared.access import PLATFORM, principal_of, require_manager
+from ..shared.params import request_params
 from .kinds import HookContext, kinds
 
 PARSED_CACHE_SIZE = 10_000  # plugins kept parsed per process: a kind instance and its config, ~0.8 KB each
@@ -89,11 +90,12 @@ class Plugins:
                 out.append((row["id"], plugin, config))
         return out
 
-    def _run(self, envelope: dict, phase: str, request: dict, response=None, final: bool = False):
+    def _run(self, envelope: dict, phase: str, request: dict, response=None, final: bool = False,
+             params: dict | None = None):
         states = envelope["context"].setdefault("plugins", {})
         for plugin_id, plugin, config in self._chain(envelope, phase):
             ctx = HookContext(phase, config, envelope["tenant"], envelope["id"], request, response,
-                              states.setdefault(plugin_id, {}), final)
+                              states.setdefault(plugin_id, {}), final, {} if params is None else params)
             plugin.hook(ctx)
             request, response = ctx.request, ctx.response
         return request, response
@@ -103,7 +105,8 @@ class Plugins:
         """The tenant's plugins on the request body, in order (redact, refuse, inject, clamp, call out)."""
         body = envelope["request"].get("body")
         if isinstance(body, dict) and self._chain(envelope, "before"):
-            envelope["request"]["body"], _ = self._run(envelope, "before", body)
+            envelope["request"]["body"], _ = self._run(envelope, "before", body,
+                                                       params=request_params(envelope["request"]))
         return envelope
 
     @rpc

@@ -23,6 +23,7 @@ from scaigrid.runtime.errors import BadRequest, Conflict, NotFound
 
 from ..shared.access import list_page, page_args, principal_of, require_manager, require_model
 from ..shared.embedding_client import DEFAULT_EMBEDDING_MODEL
+from ..shared.params import request_params
 from ..shared.rag_dependencies import RagDependencies
 from .context import citations_of, inject_context, last_user_text
 from .retrieval import Retriever
@@ -244,8 +245,8 @@ class Rag(RagDependencies):
         """Chat step: for a request with `rag: {collections, top_k, mode?, filters?}`, retrieve from each named
         collection, fuse, put the passages into the prompt with [n] markers and answer with `citations`.
         graph.yaml runs it only `when: request.body.rag`, so a request without the field never gets here."""
-        body = envelope["request"]["body"]
-        spec = body.pop("rag", None)  # never forwarded: an upstream would refuse the unknown field
+        body, spec = envelope["request"]["body"], request_params(envelope["request"])["rag"]  # its defaults applied
+        body.pop("rag", None)  # never forwarded: an upstream would refuse the unknown field
         if not spec:
             return envelope
         tenant = principal_of(envelope)["tenant_id"]
@@ -259,12 +260,12 @@ class Rag(RagDependencies):
         rankings, retrievers, spent = [], {}, {}  # one query embedding per model, however many collections
         try:
             for collection in collections if query else ():
-                _, hits = self._search(tenant, collection, query, spec.get("top_k", 5), spec.get("mode"),
-                                       spec.get("filters") or {}, retrievers, spent)
+                _, hits = self._search(tenant, collection, query, spec["top_k"], spec["mode"], spec["filters"],
+                                       retrievers, spent)
                 rankings.append([{**h, "collection_id": collection["id"]} for h in hits])
         finally:
             self._bill(envelope, spent)
-        citations = citations_of(rankings, spec.get("top_k", 5))
+        citations = citations_of(rankings, spec["top_k"])
         if citations:
             body["messages"] = inject_context(body["messages"], citations, self._setting("max_context_chars"))
         envelope["context"].setdefault("answer_fields", {})["citations"] = citations

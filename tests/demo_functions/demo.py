@@ -136,7 +136,7 @@ class Meter:
 
 class Parrot:
     """A stand-in chat model: answers "You said: <last user message>" in OpenAI's shapes, streamed word by word,
-    and shows what it received (so plugins' effects on the request are visible)."""
+    and shows what it received, the body and its effective values (so plugins' effects on the request are visible)."""
 
     name = "parrot"
     stream = ChunkSender()
@@ -153,6 +153,7 @@ class Parrot:
                 writer.send({"object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]})
             writer.finish()
-        envelope["response"] = {"object": "chat.completion", "received": body, "choices": [
+        envelope["response"] = {"object": "chat.completion", "received": body,
+                                "received_params": envelope["request"].get("params"), "choices": [
             {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
         return envelope

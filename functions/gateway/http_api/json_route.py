@@ -1,6 +1,7 @@
 """The default route handler: a JSON body (and path and query values) in, the envelope's response out as JSON.
 
-A body with `"stream": true` is answered as Server-Sent Events: one `data:` line per chunk, then `[DONE]`.
+A body with `"stream": true` is answered as Server-Sent Events: one `data:` line per chunk, then `[DONE]`. The steps
+get the body as sent and its effective values (`request.params`, functions/shared/params.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from werkzeug.wrappers import Request, Response
 from scaigrid.runtime.errors import BadRequest, StepError
 from scaigrid.runtime.streams import with_answer_fields
 
+from ...shared.params import params_of
 from .carried import uncarried
 from .responses import error_body, json_response
 
@@ -26,11 +28,22 @@ def answer_of(envelope: dict) -> Any:
 
 
 class JsonRoute:
-    """request = {body, path, query}; the answer is `envelope.response` as JSON (or an SSE stream of chunks)."""
+    """request = {body, params, path, query, model}; the answer is `envelope.response` as JSON (or an SSE stream of
+    chunks)."""
 
     max_body = 8 * 2**20  # a route's `max_body:` in graph.yaml overrides it
 
     def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.read(request, path_values)
+        parsed["params"] = self.params(route, parsed["body"])
+        return parsed
+
+    def params(self, route: str, body: Any) -> dict[str, Any]:
+        """The body's effective values (no schema here: a value of the wrong type counts as not given)."""
+        return params_of(body)
+
+    def read(self, request: Request, path_values: dict[str, Any]) -> dict[str, Any]:
+        """{body, path, query, model}: the body parsed as JSON, and checked for what no step could carry."""
         body = None
         raw = request.get_data(cache=True)
         if raw:
@@ -50,8 +63,7 @@ class JsonRoute:
         return parsed
 
     def wants_stream(self, request: dict[str, Any]) -> bool:
-        body = request.get("body")
-        return isinstance(body, dict) and body.get("stream") is True
+        return request["params"]["stream"]
 
     def render(self, envelope: dict, headers: dict) -> Response:
         return json_response(answer_of(envelope), 200, headers)

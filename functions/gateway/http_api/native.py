@@ -1,5 +1,6 @@
 """The native API handler: bodies and query strings validated by the operation's pydantic models (errors name the
-field), answers with the operation's status code."""
+field), answers with the operation's status code. The steps get the validated model as a plain dict, every default
+applied (no `request.params`: the body is the effective values)."""
 from __future__ import annotations
 
 import base64
@@ -74,7 +75,7 @@ class NativeRoute(JsonRoute):
         if request.mimetype == "multipart/form-data":
             parsed = {"body": multipart_body(request), "path": path_values, "query": request.args.to_dict()}
         else:
-            parsed = super().parse(request, route, path_values)
+            parsed = self.read(request, path_values)
         for where in ("body", "query"):
             found = nul_path(parsed.get(where))
             if found:

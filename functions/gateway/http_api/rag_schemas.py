@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Json, model_validator
 
+from ...shared.params import RAG_TOP_K
 from .native_schemas import Body
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$"
@@ -172,7 +173,7 @@ class RagRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     collections: list[str] = Field(min_length=1, max_length=10, description="collection ids or names")
-    top_k: int = Field(5, ge=1, le=50)
+    top_k: int = Field(RAG_TOP_K, ge=1, le=50)
     mode: Mode | None = None
     filters: Metadata = Field(default_factory=dict, max_length=32)
 

@@ -2,7 +2,9 @@
 
 Phases: `before` (the request, before the model), `after` (the whole answer), `chunk` (each streamed piece of
 text, see pii_redaction for holding back a partial match). A hook changes `ctx.request` / `ctx.response` or the
-texts through `ctx.map_texts`, keeps per-request memory in `ctx.state`, and refuses with PolicyRefusal.
+texts through `ctx.map_texts`, keeps per-request memory in `ctx.state`, and refuses with PolicyRefusal. The steps
+after `before` read the request's effective values (`ctx.params`: max_tokens, temperature, ...): a hook that changes
+one changes it there too (max_tokens_clamp), one that replaces the whole request calls `ctx.replace_request`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from scaigrid.functions.shared.params import rewritten
 
 
 class PluginConfig(BaseModel):
@@ -26,6 +30,13 @@ class HookContext:
     response: Any = None            # the answer (after), or the chunk's text (chunk)
     state: dict = field(default_factory=dict)  # this plugin's memory for this request, across phases
     final: bool = False             # chunk: the stream ended; release whatever was held back
+    params: dict = field(default_factory=dict)  # before: the request's effective values (shared/params.py)
+
+    def replace_request(self, body: dict) -> None:
+        """The request becomes `body` (a webhook's rewrite); the effective values follow it."""
+        self.request.clear()
+        self.request.update(body)
+        rewritten(self.params, self.request)
 
     def map_texts(self, fn: Callable[[str], str]) -> None:
         """Apply `fn` to every text of this phase: the user's and system messages (before), the answer's

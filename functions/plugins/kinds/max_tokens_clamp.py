@@ -15,6 +15,7 @@ class MaxTokensClamp(Plugin):
 
     def hook(self, ctx: HookContext) -> None:
         ceiling = ctx.config.max_tokens
-        asked = [ctx.request.get(k) for k in ("max_tokens", "max_completion_tokens") if ctx.request.get(k)]
-        ctx.request["max_tokens"] = min([ceiling, *[a for a in asked if isinstance(a, int)]])
+        limit = min(ceiling, ctx.params.get("max_tokens") or ceiling)  # the request's one limit, either field's
+        # the steps read params; an upstream gets the body, under the one name every OpenAI-compatible server knows
+        ctx.params["max_tokens"] = ctx.request["max_tokens"] = limit
         ctx.request.pop("max_completion_tokens", None)

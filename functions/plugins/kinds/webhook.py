@@ -182,7 +182,6 @@ class Webhook(Plugin):
                                 code="content_policy_violation")
         if action == "modify":
             if ctx.phase == "before" and isinstance(verdict.get("request"), dict):
-                ctx.request.clear()
-                ctx.request.update(verdict["request"])
+                ctx.replace_request(verdict["request"])
             elif ctx.phase == "after" and verdict.get("response") is not None:
                 ctx.response = verdict["response"]
