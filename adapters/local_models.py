@@ -12,6 +12,7 @@ from eventlet import tpool
 from nameko.extensions import DependencyProvider
 
 from scaigrid.runtime.coalesce import DynamicBatcher
+from scaigrid.runtime.dependencies import hands_on
 from scaigrid.runtime.logs import log
 
 _log = logging.getLogger("scaigrid.local_models")
@@ -107,7 +108,9 @@ class LocalModelProvider(DependencyProvider):
     def setup(self):
         config = self.container.config
         fn = config.get("SCAIGRID_FUNCTION_CONFIG", {})
-        self.models = LocalModels(fn.get("models", []), config["MODELS_DIR"], fn.get("batching", {}))
+        # a copy that hands work on to its replicas serves no local model itself: it loads none
+        specs = [] if hands_on(config) else fn.get("models", [])
+        self.models = LocalModels(specs, config["MODELS_DIR"], fn.get("batching", {}))
         # in setup, not start: nameko starts entrypoints only after every setup, so no request (and no readiness
         # probe) finds this replica consuming before its models are in memory
         if fn.get("preload", True):

@@ -7,7 +7,9 @@ import time
 from nameko.extensions import DependencyProvider
 from nameko.web.handlers import HttpRequestHandler
 
+from .inline import INLINE_CONFIG_KEY
 from .logs import bind, current, log
+from .remote import process_caller
 
 _log = logging.getLogger("scaigrid.step")
 
@@ -46,3 +48,38 @@ class StepLog(DependencyProvider):
         else:
             log(_log, logging.INFO, "step raised", ms=round(ms, 3), ok=False,
                 error=type(exc_info[1]).__name__, detail=str(exc_info[1])[:300])
+
+
+def hands_on(config: dict) -> bool:
+    """Whether this container is a copy hosted inline in a caller's process while its function also has replicas
+    (graph.yaml `placement: inline` with `replicas` > 0): such a copy does in-process what is cheap and hands the
+    rest to the replicas (OwnReplicas); it should load nothing only they use."""
+    return bool(config.get(INLINE_CONFIG_KEY)) and int(config.get("SCAIGRID_REPLICAS", 0)) > 0
+
+
+class Replicas:
+    """A function's own remote replicas, as one of its copies sees them: `forward` where the copy hands work on
+    (see hands_on), `call` to do it."""
+
+    def __init__(self, function: str, forward: bool, timeout: float):
+        self.function = function
+        self.forward = forward
+        # under the inline copy's own timeout, so the replica's answer (or its late reply, which bills the work
+        # done) is what the caller hears, not the inline step's timer
+        self.timeout = max(timeout - 1.0, timeout * 0.9)
+
+    def call(self, method: str, *args, request_id: str | None = None):
+        return process_caller().call(self.function, method, args, self.timeout, {"nameko.request_id": request_id})
+
+
+class OwnReplicas(DependencyProvider):
+    """Hands a worker its function's Replicas (see there)."""
+
+    def setup(self):
+        config = self.container.config
+        self.replicas = Replicas(config.get("SCAIGRID_FUNCTION") or self.container.service_name,
+                                 hands_on(config),
+                                 float(config.get("SCAIGRID_TIMEOUT", 30)))
+
+    def get_dependency(self, worker_ctx):
+        return self.replicas

@@ -17,9 +17,9 @@ from .after import AfterSteps
 from .errors import StepError, StepTimeout, Unavailable, as_step_error
 from .graph import Graph, StepSpec
 from .graph_check import is_ingress, load_checked
-from .inline import InlineHost
+from .inline import INLINE_CONFIG_KEY, InlineHost
 from .logs import log
-from .remote import SERIALIZER, RemoteCaller
+from .remote import SERIALIZER, RemoteCaller, register_process_caller
 from .service import build_service, service_config
 from .settings import DEFAULT_SPOOL_DIR, DEFAULT_SPOOL_MAX_BYTES, Settings
 from .streams import CANCEL_EXCHANGE
@@ -148,7 +148,8 @@ class RouteRunner:
         with Connection(self.amqp_uri, connect_timeout=2) as conn:
             channel = conn.channel()
             for name in sorted(self.graph.functions):
-                if name in self.inline or not self._targets(name):
+                # an inline function with replicas hands them what its inline copy does not do (OwnReplicas)
+                if not self._targets(name) or (name in self.inline and not self.graph.functions[name].replicas):
                     continue
                 try:
                     _, _, consumers = channel.queue_declare(f"rpc-{name}", passive=True)
@@ -185,7 +186,7 @@ class Executor(DependencyProvider):
                             spool_max_bytes=int(config.get("SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)))
         self.hosts = {
             name: InlineHost(build_service(self.graph, name, classes[name]),
-                             service_config(self.graph, name, settings))
+                             {**service_config(self.graph, name, settings), INLINE_CONFIG_KEY: True})
             for name in sorted(needed) if self.graph.functions[name].placement == "inline"
         }
         self.after_steps = AfterSteps(config[AMQP_URI_CONFIG_KEY], config.get("SPOOL_DIR", DEFAULT_SPOOL_DIR),
@@ -198,6 +199,7 @@ class Executor(DependencyProvider):
 
     def start(self):
         self.remote = RemoteCaller(self.container.config, self.reply_listener)
+        register_process_caller(self.remote)  # before the inline hosts start: their OwnReplicas use it
         for host in self.hosts.values():
             host.start()
         self.runner = RouteRunner(self.graph, self.remote, self.hosts, self.after_steps, self.control,

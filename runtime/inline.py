@@ -16,6 +16,9 @@ from . import logs, nameko_compat
 from .errors import StepTimeout
 
 
+INLINE_CONFIG_KEY = "SCAIGRID_INLINE"  # in the container config of a copy hosted inline (OwnReplicas reads it)
+
+
 class InlineHost:
     """Hosts one function's ServiceContainer for in-process steps."""
 

@@ -18,6 +18,21 @@ SERIALIZER = "msgpack"
 QUICK_RETRY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2}
 
 
+_process_caller: "RemoteCaller | None" = None  # the first Executor's, for inline copies handing calls on
+
+
+def register_process_caller(caller: "RemoteCaller") -> None:
+    global _process_caller
+    if _process_caller is None:
+        _process_caller = caller
+
+
+def process_caller() -> "RemoteCaller":
+    if _process_caller is None:
+        raise RuntimeError("no Executor has started in this process: nothing to call replicas with")
+    return _process_caller
+
+
 class RemoteCaller:
     """Publishes RPC requests through one pooled publisher and waits on a shared reply listener."""
 

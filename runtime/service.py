@@ -73,5 +73,7 @@ def service_config(graph: Graph, function: str, settings: Settings) -> dict:
         "GRACE_SECONDS": settings.grace_seconds,
         "SCAIGRID_GRAPH": str(graph.file),
         "SCAIGRID_FUNCTION": function,
+        "SCAIGRID_REPLICAS": spec.replicas,
+        "SCAIGRID_TIMEOUT": spec.timeout,
         "SCAIGRID_FUNCTION_CONFIG": spec.config,
     }

@@ -2,7 +2,8 @@
 
 Gateway side: `ChunkListener` owns one exclusive, auto-delete queue per process and routes chunks by request id.
 Step side: `ChunkSender` publishes chunks (mandatory, so a dead gateway stops the work) and hears cancellations
-on a fanout. Chunk order holds because one publisher channel feeds one queue.
+on a fanout. Chunk order holds because one publisher channel feeds one queue. A step hosted inline in the gateway's
+own process hands its chunks to the listener in memory: no broker round trip (and no confirm) per chunk.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ _log = logging.getLogger("scaigrid.streams")
 CANCEL_EXCHANGE = Exchange("scaigrid.cancel", type="fanout", durable=True)
 CANCEL_MEMORY_S = 300  # how long a cancelled request id is remembered
 CANCEL_MEMORY = 100_000  # and how many at most
+# this process's chunk listeners by queue name (one per gateway container): an inline step's chunks go straight there
+LOCAL_LISTENERS: dict[str, "ChunkListener"] = {}
 
 
 @deserialize_to_instance
@@ -79,16 +82,19 @@ class ChunkListener(DependencyProvider):
             lambda: _consume_forever(amqp_uri, queue, self._on_chunk, self._ready, lambda: self._stopped))
         with eventlet.Timeout(10):
             self._ready.wait()
+        LOCAL_LISTENERS[self.queue_name] = self
 
     def stop(self):
         self._stopped = True
+        LOCAL_LISTENERS.pop(self.queue_name, None)
 
     def get_dependency(self, worker_ctx):
         if not self._ready.ready():  # extensions start concurrently: no stream before the chunk queue exists
             self._ready.wait()
         return self
 
-    def _on_chunk(self, body, message):
+    def _on_chunk(self, body, message=None):
+        """A chunk for a stream that is closed already (its client left) is dropped, as the broker's would be."""
         queue = self.streams.get(body.get("rid"))
         if queue is not None:
             queue.put(("chunk", body))
@@ -137,11 +143,15 @@ class StreamWriter:
             raise StreamClosed(f"stream {self.request_id} was cancelled by its client")
         if self.seq == 0 and isinstance(data, dict):
             data = with_answer_fields(data, self._envelope)
-        try:
-            self._sender.publisher.publish({"rid": self.request_id, "seq": self.seq, "data": data},
-                                           exchange="", routing_key=self._reply_to, mandatory=True)
-        except UndeliverableMessage:
-            raise StreamClosed(f"the gateway holding stream {self.request_id} is gone") from None
+        chunk = {"rid": self.request_id, "seq": self.seq, "data": data}
+        local = LOCAL_LISTENERS.get(self._reply_to)
+        if local is not None:  # inline in the gateway that holds the client
+            local._on_chunk(chunk)
+        else:
+            try:
+                self._sender.publisher.publish(chunk, exchange="", routing_key=self._reply_to, mandatory=True)
+            except UndeliverableMessage:
+                raise StreamClosed(f"the gateway holding stream {self.request_id} is gone") from None
         if _log.isEnabledFor(logging.DEBUG):  # the step's own clock: tests prove chunks leave as they are made
             log(_log, logging.DEBUG, "chunk sent", seq=self.seq, at=time.time())
         self.seq += 1

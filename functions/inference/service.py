@@ -15,7 +15,7 @@ from prometheus_client import Gauge
 
 from scaigrid.adapters.local_models import LOCAL_BACKENDS, LocalModelProvider
 from scaigrid.adapters.upstream.openai_compatible import estimated_usage, usage_of
-from scaigrid.runtime.dependencies import FunctionConfig
+from scaigrid.runtime.dependencies import FunctionConfig, OwnReplicas
 from scaigrid.runtime.errors import BadRequest, NotFound
 from scaigrid.runtime.streams import ChunkSender, StreamClosed
 
@@ -31,11 +31,20 @@ LOCAL_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "resp
 
 
 class Inference:
+    """Placed inline (graph.yaml), a copy in each caller answers upstream models in-process, with no broker hop,
+    and hands local models to the function's replicas, which hold them (`replicas.forward`); a remote-only
+    inference function serves both itself."""
+
     name = "inference"
     config = FunctionConfig()
     stream = ChunkSender()
     local = LocalModelProvider()
     upstreams = UpstreamProvider()
+    replicas = OwnReplicas()
+
+    def _handed_on(self, spec: dict | None) -> bool:
+        """A local model, asked of a copy that holds none: its replicas answer."""
+        return self.replicas.forward and (spec is None or spec.get("backend") in LOCAL_BACKENDS)
 
     def _spec(self, model_id: str | None, kind: str) -> dict:
         spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
@@ -59,6 +68,8 @@ class Inference:
     @rpc
     def models(self, envelope: dict) -> dict:
         """GET /v1/models and /api/v1/models: the registry, narrowed to the key's allow-list."""
+        if self._handed_on(None):  # the replicas know which device each local model runs on
+            return self.replicas.call("models", envelope, request_id=envelope["id"])
         allowed = (envelope.get("principal") or {}).get("models")
         envelope["response"] = {"object": "list", "data": [
             {"id": m["id"], "object": "model", "created": STARTED, "owned_by": m.get("owned_by", "scaigrid"),
@@ -79,6 +90,9 @@ class Inference:
 
     def _generate(self, envelope: dict, path: str) -> dict:
         spec = self._spec(envelope["request"].get("model"), "chat")
+        if self._handed_on(spec):
+            return self.replicas.call("chat" if path == "/chat/completions" else "completions", envelope,
+                                      request_id=envelope["id"])
         with GENERATIONS.labels(spec["id"]).track_inprogress():
             return self._generate_with(spec, envelope, path)
 
@@ -110,6 +124,8 @@ class Inference:
     def embeddings(self, envelope: dict) -> dict:
         """POST /v1/embeddings."""
         spec = self._spec(envelope["request"].get("model"), "embedding")
+        if self._handed_on(spec):
+            return self.replicas.call("embeddings", envelope, request_id=envelope["id"])
         body = envelope["request"]["body"]
         if spec.get("backend") == "onnx":
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
@@ -134,6 +150,8 @@ class Inference:
         spec = self._spec(model, "embedding")
         if not texts:
             raise BadRequest("nothing to embed", param="input")
+        if self._handed_on(spec):
+            return self.replicas.call("embed", model, texts)
         if spec.get("backend") in LOCAL_BACKENDS:
             vectors, counts = self.local.embed(spec["id"], list(texts))
             matrix, tokens = np.asarray(vectors, "<f4"), sum(counts)
@@ -149,6 +167,8 @@ class Inference:
         """What a caller needs to chunk for this embedding model: its width, its window and, for a local model,
         its tokenizer (tokenizer.json's text; None for an upstream, whose tokenizer is not ours to know)."""
         spec = self._spec(model, "embedding")
+        if self._handed_on(spec):
+            return self.replicas.call("embedding_model", model)
         if spec.get("backend") in LOCAL_BACKENDS:
             loaded = self.local.load(spec["id"])
             return {"model": spec["id"], "dimensions": loaded.dimensions, "max_tokens": loaded.max_length,

@@ -97,8 +97,10 @@ def config_env_refs(graph_text: str) -> tuple[str, ...]:
 
 
 def _queues(graph: Graph, name: str) -> tuple[str, ...]:
-    # an inline function's steps and calls run inside its callers: only its after-steps reach its own queues
-    called = graph.functions[name].placement == "remote" and (
+    # an inline function's steps and calls run inside its callers: only its after-steps, and what its inline copies
+    # hand on to its replicas (OwnReplicas), reach its own queues
+    spec = graph.functions[name]
+    called = (spec.placement == "remote" or spec.replicas > 0) and (
         any(s.function == name for r in graph.routes.values() for s in r.step_specs())
         or any(ref.split(".", 1)[0] == name for fn in graph.functions.values() for ref in fn.calls))
     queues = [rpc_queue(name)] if called else []
