@@ -245,10 +245,13 @@ def test_compose_has_the_stores_and_every_function_with_its_replicas():
         assert services[store]["healthcheck"]["test"]
     graph = load_graph(PRODUCT_GRAPH)
     functions = {n: f.replicas for n, f in graph.functions.items() if f.replicas}
-    assert functions and {n: services[n]["deploy"]["replicas"] for n in functions} == functions
+    # a replica is a container, except the gateway's: processes of one container on one published port
+    replicas = {n: services[n]["deploy"]["replicas"] * int(services[n]["command"][-1]) for n in functions}
+    assert functions and replicas == functions
+    assert services["gateway"]["deploy"]["replicas"] == 1
     for name in functions:
         svc = services[name]
-        assert svc["command"] == ["run", name, "--replicas", "1"]
+        assert svc["command"] == ["run", name, "--replicas", str(functions[name] if name == "gateway" else 1)]
         assert svc["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
     assert services["gateway"]["ports"] == ["${SCAIGRID_PORT:-8000}:8000"]
     assert services["gateway"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}

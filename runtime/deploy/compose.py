@@ -1,7 +1,8 @@
 """`scaigrid deploy compose`: a Docker Compose file from graph.yaml, the stores included.
 
 Every function is a service running the one image as `scaigrid run NAME --replicas 1`, with `deploy.replicas`
-from the graph: a replica is a container, as on Kubernetes. Passwords come from `.env` through `${VAR:?}`
+from the graph: a replica is a container, as on Kubernetes; the ingress (the gateway) is one container running its
+replicas as processes on one published port. Passwords come from `.env` through `${VAR:?}`
 interpolation (Compose refuses to start while one is missing); none is written into the file. SCAIGRID_SECRET_KEY,
 which the functions on every host must share (adapters/secrets.py), is required the same way.
 """
@@ -116,7 +117,9 @@ def function_service(unit: Unit, values: DeployValues, migrate: bool) -> dict:
     """One function: N containers of one replica each; health from the image's HEALTHCHECK (heartbeats)."""
     svc: dict = {
         "image": _image(values, bool(unit.values.gpu)),
-        "command": ["run", unit.name, "--replicas", "1"],
+        # the ingress: one container of N processes sharing its port (SO_REUSEPORT), since Docker cannot publish
+        # one host port from several containers; every other function: N containers of one process
+        "command": ["run", unit.name, "--replicas", str(unit.replicas if unit.ingress else 1)],
         "env_file": [".env"],  # the ${VAR}s graph.yaml's configs use (upstream keys) come from here
         # required, not left to env_file: a container without it would make a key of its own, unlike the others'
         "environment": {**function_env(values), SECRET_KEY: need(SECRET_KEY), "SCAIGRID_SPOOL_DIR": SPOOL_DIR},
@@ -125,12 +128,10 @@ def function_service(unit: Unit, values: DeployValues, migrate: bool) -> dict:
         "depends_on": _depends(unit.stores, migrate and "postgres" in unit.stores),
         "restart": "unless-stopped",
         "stop_grace_period": f"{values.grace_seconds + 15}s",
-        "deploy": {"replicas": unit.replicas},
+        "deploy": {"replicas": 1 if unit.ingress else unit.replicas},
     }
     if unit.ingress:
-        # one host port per replica: Docker cannot publish one port from several containers
-        host = "${SCAIGRID_PORT:-8000}" if unit.replicas == 1 else f"{8000}-{8000 + unit.replicas - 1}"
-        svc["ports"] = [f"{host}:{unit.port}"]
+        svc["ports"] = [f"${{SCAIGRID_PORT:-8000}}:{unit.port}"]
     if unit.values.models:
         svc["volumes"].append(f"models:{MODELS_DIR}")
     if unit.values.gpu:
