@@ -163,6 +163,12 @@ class RouteRunner:
         return any(s.function == function for r in self.graph.routes.values() for s in r.step_specs())
 
 
+def executor_of(container) -> "Executor":
+    """The Executor among a container's DependencyProviders: other providers of the same function (the gateway's
+    routes, the embedding client) build on the graph it loaded and the runner it hands out."""
+    return next(d for d in container.dependencies if isinstance(d, Executor))
+
+
 class Executor(DependencyProvider):
     """Gives a worker a RouteRunner over the graph named in the container config.
 

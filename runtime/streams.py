@@ -79,7 +79,8 @@ class ChunkListener(DependencyProvider):
         queue = Queue(self.queue_name, exclusive=True, auto_delete=True, durable=False)
         amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
         self.container.spawn_managed_thread(
-            lambda: _consume_forever(amqp_uri, queue, self._on_chunk, self._ready, lambda: self._stopped))
+            lambda: _consume_forever(amqp_uri, queue, lambda body, message: self.deliver(body), self._ready,
+                                     lambda: self._stopped))
         with eventlet.Timeout(10):
             self._ready.wait()
         LOCAL_LISTENERS[self.queue_name] = self
@@ -93,8 +94,9 @@ class ChunkListener(DependencyProvider):
             self._ready.wait()
         return self
 
-    def _on_chunk(self, body, message=None):
-        """A chunk for a stream that is closed already (its client left) is dropped, as the broker's would be."""
+    def deliver(self, body: dict) -> None:
+        """A chunk, from the broker or from a step inline in this process; one for a stream that is closed already
+        (its client left) is dropped."""
         queue = self.streams.get(body.get("rid"))
         if queue is not None:
             queue.put(("chunk", body))
@@ -146,7 +148,7 @@ class StreamWriter:
         chunk = {"rid": self.request_id, "seq": self.seq, "data": data}
         local = LOCAL_LISTENERS.get(self._reply_to)
         if local is not None:  # inline in the gateway that holds the client
-            local._on_chunk(chunk)
+            local.deliver(chunk)
         else:
             try:
                 self._sender.publisher.publish(chunk, exchange="", routing_key=self._reply_to, mandatory=True)

@@ -1,5 +1,5 @@
-"""The gateway's DependencyProviders: its routing table (graph.yaml's `http:` endpoints) and the native API's
-OpenAPI document, built once per process from the graph the Executor loaded."""
+"""The gateway's DependencyProviders: its routing table (graph.yaml's `http:` endpoints) and both APIs' OpenAPI
+documents, built once per process from the graph the Executor loaded."""
 from __future__ import annotations
 
 from nameko.extensions import DependencyProvider
@@ -8,9 +8,10 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from scaigrid.runtime.errors import NotFound
-from scaigrid.runtime.executor import Executor
+from scaigrid.runtime.executor import executor_of
 
 from .http_api.openapi import document as openapi_document
+from .http_api.openapi_v1 import openai_document
 
 
 class HttpRoutes:
@@ -19,7 +20,7 @@ class HttpRoutes:
         self.map = Map([Rule(path, methods=methods.split(","), endpoint=name)
                         for name, route in graph.routes.items()
                         for methods, _, path in (endpoint.partition(" ") for endpoint in route.http)])
-        self._openapi: dict | None = None
+        self._documents: dict[str, dict] = {}
 
     def match(self, request: Request) -> tuple[str, dict]:
         """(route name, path values); an unknown path or method is a 404 that says which."""
@@ -31,11 +32,12 @@ class HttpRoutes:
             raise NotFound(f"no route serves {request.method} {request.path}; see graph.yaml",
                            code="unknown_route") from None
 
-    def openapi(self) -> dict:
-        """The native API's document: built on first ask (it imports every operation's models)."""
-        if self._openapi is None:
-            self._openapi = openapi_document(self.graph)
-        return self._openapi
+    def openapi(self, api: str = "native") -> dict:
+        """The native (`native`) or OpenAI-compatible (`openai`) API's document: built on first ask, then kept
+        (graph.yaml is read once, at start)."""
+        if api not in self._documents:
+            self._documents[api] = (openapi_document if api == "native" else openai_document)(self.graph)
+        return self._documents[api]
 
 
 class HttpRoutesProvider(DependencyProvider):
@@ -45,8 +47,7 @@ class HttpRoutesProvider(DependencyProvider):
         self.routes: HttpRoutes | None = None
 
     def start(self):
-        executor = next(d for d in self.container.dependencies if isinstance(d, Executor))
-        self.routes = HttpRoutes(executor.graph)
+        self.routes = HttpRoutes(executor_of(self.container).graph)
 
     def get_dependency(self, worker_ctx):
         return self.routes

@@ -105,8 +105,7 @@ class Gateway:
     @http("GET", "/v1/openapi.json")
     def openapi_v1(self, request: Request) -> Response:
         """The OpenAI-compatible API's OpenAPI 3.1 document, from graph.yaml's `openai` routes and their models."""
-        from .http_api.openapi_v1 import published  # here, not at the top: this method is the whole change
-        return json_response(published(self.routes.graph))
+        return json_response(self.http_routes.openapi("openai"))
 
     @http("GET", "/api/v1/docs")
     def docs(self, request: Request) -> Response:

@@ -8,7 +8,7 @@ from nameko.extensions import DependencyProvider
 from tokenizers import Tokenizer
 
 from scaigrid.runtime.errors import BadRequest
-from scaigrid.runtime.executor import Executor
+from scaigrid.runtime.executor import executor_of
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"  # for collections that name none (graph.yaml may set another)
 
@@ -61,7 +61,9 @@ class EmbeddingClientProvider(DependencyProvider):
 
     def setup(self):
         self.tokenizers: dict[str, Tokenizer] = {}
+        self.executor = None
 
     def get_dependency(self, worker_ctx):
-        executor = next(d for d in self.container.dependencies if isinstance(d, Executor))
-        return EmbeddingClient(executor.get_dependency(worker_ctx), self.tokenizers)
+        if self.executor is None:  # found once, not per worker
+            self.executor = executor_of(self.container)
+        return EmbeddingClient(self.executor.get_dependency(worker_ctx), self.tokenizers)

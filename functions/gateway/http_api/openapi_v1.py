@@ -3,7 +3,6 @@ the model that handler validates with (openai_schemas.BODIES), its answer in Ope
 `stream: true`, as Server-Sent Events. Built on the same pieces as the native document (openapi.py)."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +82,3 @@ def openai_document(graph) -> dict[str, Any]:
                 "Bodies are validated as OpenAI validates them (a 400 names the `param`); fields ScaiGrid does not "
                 "know pass to upstream models unchanged, and local models refuse the ones they cannot serve. "
                 "Errors use OpenAI's error format.", paths, components)
-
-
-@functools.cache
-def published(graph) -> dict[str, Any]:
-    """The document the gateway serves at /v1/openapi.json: built once per graph (graph.yaml is read at start)."""
-    return openai_document(graph)
