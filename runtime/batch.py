@@ -33,6 +33,10 @@ _log = logging.getLogger("scaigrid.batch")
 _STEP_LOGGER = "scaigrid.step"  # runtime/dependencies.py's StepLog
 BATCH_ATTR = "_scaigrid_batch"
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 15.0
+# A publisher may put several envelopes for a batched step in one message (a list, with this header saying how
+# many: runtime/after.py); at most PER_MESSAGE, so that the prefetch, in messages, bounds the envelopes held.
+ENVELOPES_HEADER = "scaigrid.envelopes"
+PER_MESSAGE = 50
 OBSERVE_EVERY_S = 5.0  # passive declares for the depth gauges: cheap, but not on every batch
 
 # Gauges of several replicas on a host are merged by the gateway's /metrics (multiprocess folder): the worst
@@ -157,7 +161,10 @@ class BatchConsumer(Entrypoint):
         self._thread = None
         self._conn = None
         self._channel = None
-        self._incoming: list = []  # (body, message, since: epoch s, received: monotonic s) not yet in a batch
+        # messages unacknowledged at most: twice a batch of envelopes when they come PER_MESSAGE to a message
+        self.prefetch = max(16, 2 * max_size // PER_MESSAGE)
+        self._incoming: list = []  # (envelope, message, since: epoch s, received: monotonic s) not yet in a batch
+        self._messages = 0  # the messages those came in
         self._in_hand: list = []  # the batch being processed
         self._observed_at = self._aged_at = 0.0  # monotonic times the gauges were last set
         super().__init__(**kwargs)
@@ -196,17 +203,21 @@ class BatchConsumer(Entrypoint):
             WAITING.labels(self.queue.name).set(0)
 
     def _consume(self) -> None:
-        self._incoming, self._in_hand = [], []
+        self._incoming, self._in_hand, self._messages = [], [], 0
         with Connection(self.container.config[AMQP_URI_CONFIG_KEY], heartbeat=15) as conn:
             self._conn = conn
             self._channel = channel = conn.channel()
-            channel.basic_qos(0, self.max_size * 2, False)
+            channel.basic_qos(0, self.prefetch, False)
             self._producer = conn.Producer(channel=conn.channel())
 
             def on_message(body, message):
                 since = message.properties.get("timestamp")  # the publisher's clock, when it sets one
                 since = since.timestamp() if hasattr(since, "timestamp") else since or time.time()
-                self._incoming.append((body, message, float(since), time.monotonic()))
+                received = time.monotonic()
+                # a spool round's envelopes for this step come several to a message (runtime/after.py)
+                envelopes = body if (message.headers or {}).get(ENVELOPES_HEADER) and isinstance(body, list) else [body]
+                self._incoming.extend((envelope, message, float(since), received) for envelope in envelopes)
+                self._messages += 1
 
             with conn.Consumer(self.queue, channel=channel, callbacks=[on_message], accept=[SERIALIZER, "json"]):
                 self._observed_at = self._aged_at = 0.0
@@ -219,10 +230,11 @@ class BatchConsumer(Entrypoint):
                         pass
                     conn.heartbeat_check()
                     buffer = self._incoming
-                    if buffer and (len(buffer) >= self.max_size or time.monotonic() - buffer[0][3] >= self.max_delay):
+                    if buffer and (len(buffer) >= self.max_size or self._messages >= self.prefetch
+                                   or time.monotonic() - buffer[0][3] >= self.max_delay):
                         # what arrives while this batch is handled (a wait for its store drains the connection)
-                        # starts the next one
-                        self._incoming = []
+                        # starts the next one; holding all the broker will send, waiting longer gains nothing
+                        self._incoming, self._messages = [], 0
                         self._handle(buffer)
                     self._observe()
 
@@ -251,11 +263,12 @@ class BatchConsumer(Entrypoint):
             # one bad envelope must not hold the whole queue: try each alone, and set aside the ones that fail again
             log(_log, logging.ERROR, "batch failed; retrying its envelopes one by one", queue=self.queue.name,
                 size=len(items), error=first_line(error))
-            for body, message, *_ in items:
+            for i, (body, message, *_) in enumerate(items):
                 error = self._attempt([body])
                 if error is not None:
                     self._dead_letter(body, error)
-                message.ack()
+                if i + 1 == len(items) or items[i + 1][1] is not message:  # its message's last envelope
+                    message.ack()
         finally:
             self._in_hand = []
 

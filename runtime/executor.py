@@ -20,7 +20,8 @@ from .graph_check import is_ingress, load_checked
 from .inline import INLINE_CONFIG_KEY, InlineHost
 from .logs import log
 from .remote import SERIALIZER, RemoteCaller, register_process_caller
-from .service import build_service, service_config
+from .batch import BATCH_ATTR
+from .service import after_methods, build_service, service_config
 from .settings import DEFAULT_SPOOL_DIR, DEFAULT_SPOOL_MAX_BYTES, Settings
 from .streams import CANCEL_EXCHANGE
 
@@ -163,6 +164,12 @@ class RouteRunner:
         return any(s.function == function for r in self.graph.routes.values() for s in r.step_specs())
 
 
+def batched_steps(graph: Graph, classes: dict[str, type]) -> frozenset[str]:
+    """After-steps whose method is `@batch`ed: their consumer takes several envelopes to a message."""
+    return frozenset(f"{name}.{method}" for name, cls in classes.items() for method in after_methods(graph, name)
+                     if getattr(getattr(cls, method, None), BATCH_ATTR, None))
+
+
 def executor_of(container) -> "Executor":
     """The Executor among a container's DependencyProviders: other providers of the same function (the gateway's
     routes, the embedding client) build on the graph it loaded and the runner it hands out."""
@@ -196,7 +203,8 @@ class Executor(DependencyProvider):
             for name in sorted(needed) if self.graph.functions[name].placement == "inline"
         }
         self.after_steps = AfterSteps(config[AMQP_URI_CONFIG_KEY], config.get("SPOOL_DIR", DEFAULT_SPOOL_DIR),
-                                      int(config.get("SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)))
+                                      int(config.get("SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES)),
+                                      batched_steps(self.graph, classes))
         self.control = Publisher(config[AMQP_URI_CONFIG_KEY], serializer=SERIALIZER, declare=[CANCEL_EXCHANGE])
         self.remote = None
         # nameko starts a container's extensions concurrently: the web server may take a request before this

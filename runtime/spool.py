@@ -18,6 +18,7 @@ import random
 import struct
 import time
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,8 @@ from .logs import log
 _log = logging.getLogger("scaigrid.spool")
 HEADER = struct.Struct(">I")
 SEGMENT_BYTES = 4 * 2**20  # rotate at 4 MiB: a confirmed segment is one unlink
+ROUND_RECORDS = 500  # records per delivery round at most
+LINGER_S = 0.02  # the shortest time between two rounds (see Spool)
 
 
 def broker_unreachable(exc: BaseException) -> bool:
@@ -84,11 +87,19 @@ _held_locks: list[int] = []
 
 
 class Spool:
-    """One per process. `append(step, body)` before answering; `start(publish)` to deliver in the background."""
+    """One per process. `append(step, body)` before answering; `start(publish)` to deliver in the background.
 
-    def __init__(self, folder: Path, max_bytes: int):
+    Delivery goes in rounds: everything pending (up to ROUND_RECORDS) is handed to `publish` at once, which sends it
+    and waits for the broker's confirms once. A quiet process sends each record as it comes; a busy one at most one
+    round per `linger` seconds, so a few hundred requests a second cost a few dozen publishes and confirm waits, not
+    one each (the one-by-one confirmed publishes were 18 % of a loaded gateway's CPU, py-spy). The answer never
+    waits for this: the record is on disk before it is written.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int, linger: float = LINGER_S):
         self.folder = _locked(folder)
         self.max_bytes = max_bytes
+        self.linger = linger
         self._segments: deque[Segment] = deque()
         self._pending: deque[tuple[Segment, dict]] = deque()
         self._wake = Event()
@@ -166,28 +177,37 @@ class Spool:
             done.path.unlink(missing_ok=True)
 
     # delivering ----------------------------------------------------------------------------------------------
-    def start(self, publish: Callable[[str, dict, float], None]) -> None:
-        """Deliver from a greenthread: `publish(step, body, at)` must raise unless the broker confirmed."""
+    def start(self, publish: Callable[[list[dict]], None]) -> None:
+        """Deliver from a greenthread: `publish(records)` ({step, body, at} each, oldest first) must raise unless
+        the broker confirmed every one of them."""
         if self._publisher is None:
             self._publisher = eventlet.spawn(self._deliver_forever, publish)
 
     def _deliver_forever(self, publish) -> None:
-        backoff = 0.2
+        backoff, singly, last_round = 0.2, 0, 0.0
         while True:
             if not self._pending:
                 self._wake = Event()
                 self._wake.wait()
                 continue
-            segment, record = self._pending[0]
+            wait = self.linger - (time.monotonic() - last_round)
+            if wait > 0 and not singly:  # under load a round at most every `linger` s: what came meanwhile
+                eventlet.sleep(wait)  # goes out in it, in a few messages and one wait for confirms
+            last_round = time.monotonic()
+            size = 1 if singly else min(len(self._pending), ROUND_RECORDS)
+            batch = list(islice(self._pending, size))
             try:
-                publish(record["step"], record["body"], record["at"])
+                publish([record for _, record in batch])
             except Exception as exc:
-                if not broker_unreachable(exc):  # this record itself is refused: set it aside, do not block
-                    self._reject(record, exc)
-                    self._pending.popleft()
-                    self._confirm(segment)
+                if not broker_unreachable(exc):  # a record is refused as such: find it, set it aside, go on
+                    if size > 1:
+                        singly = size
+                        continue
+                    self._reject(batch[0][1], exc)
+                    self._done(1)
+                    singly = max(0, singly - 1)
                     continue
-                # broker away: keep it, say so once, retry with backoff
+                # broker away: keep them, say so once, retry with backoff
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     log(_log, logging.WARNING, "broker unreachable: after-step events kept in the spool",
@@ -195,13 +215,18 @@ class Spool:
                 eventlet.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self._pending.popleft()
-            self._confirm(segment)
+            self._done(size)
+            singly = max(0, singly - size)
             if self._down_since is not None:
                 log(_log, logging.WARNING, "broker back: spooled after-step events delivered",
                     waited_s=round(time.monotonic() - self._down_since, 1), still_pending=len(self._pending))
                 self._down_since = None
             backoff = 0.2
+
+    def _done(self, count: int) -> None:
+        for _ in range(count):
+            segment, _ = self._pending.popleft()
+            self._confirm(segment)
 
     def _reject(self, record: dict, exc: BaseException) -> None:
         """A record the broker will never take (it cannot be encoded, or is refused as such) goes to

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import bootstrap_key, launch
 from scaigrid.runtime import dead_letters
-from scaigrid.runtime.batch import first_line, store_outage
+from scaigrid.runtime.batch import ENVELOPES_HEADER, first_line, store_outage
 from scaigrid.runtime.faults import TcpProxy
 from scaigrid.runtime.service import after_queue
 from scaigrid.runtime.testing import SCAIGRID
@@ -199,12 +199,17 @@ def test_a_poison_envelope_is_listed_fixed_and_replayed_once(faulty):
     poison = {"id": rid, "route": "r" * 100, "request": {"model": "metered"}, "context": {},
               "principal": {"key_id": who["key"]["id"], "tenant_id": who["tenant"]["id"]},
               "usage": {"prompt_tokens": 3, "completion_tokens": 4}, "error": None}
+    good = [{**poison, "id": f"req_{uuid.uuid4().hex}", "route": "chat"} for _ in range(2)]
     with Connection(faulty.env["SCAIGRID_AMQP_URI"]) as conn:
         producer = conn.Producer(serializer="msgpack")
-        for _ in range(2):  # delivered twice, as a publisher's retry can: still one ledger row in the end
-            producer.publish(poison, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key, delivery_mode=2,
-                             declare=[QUEUE])
+        # delivered twice, as a publisher's retry can (still one ledger row in the end): alone, and inside a
+        # message of several envelopes between two good ones, as a spool round sends them (runtime/after.py)
+        producer.publish(poison, exchange=QUEUE.exchange, routing_key=QUEUE.routing_key, delivery_mode=2,
+                         declare=[QUEUE])
+        producer.publish([good[0], poison, good[1]], exchange=QUEUE.exchange, routing_key=QUEUE.routing_key,
+                         delivery_mode=2, declare=[QUEUE], headers={ENVELOPES_HEADER: 3})
     assert eventually(lambda: dead_letter_count(faulty) == 2)
+    assert eventually(lambda: set(ledger_of(faulty, who["key"]["id"])[0]) == {g["id"] for g in good})
     assert meter(faulty, who).status_code == 200  # the queue goes on past it
 
     listed = scaigrid(faulty, "ledger", "dead-letters")
@@ -230,5 +235,6 @@ def test_a_poison_envelope_is_listed_fixed_and_replayed_once(faulty):
     time.sleep(1)
     assert rows_of_rid() == 1 and dead_letter_count(faulty) == 0
     recorded, cost, rolled, spent = ledger_of(faulty, who["key"]["id"])
-    assert len(recorded) == rolled == 2 and spent == cost  # the replayed row and the meter request, rolled up once
+    # the replayed row, the two good envelopes beside it and the meter request, each rolled up once
+    assert len(recorded) == rolled == 4 and spent == cost
     assert eventually(lambda: gauges(faulty).get(("scaigrid_dead_letters", "scaigrid.dead-letter")) == 0)

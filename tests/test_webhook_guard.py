@@ -228,7 +228,7 @@ def test_failing_webhook_leaves_no_token_in_the_logs(receiver, logs, monkeypatch
     assert any(d["logger"] == "httpx" and f"http://127.0.0.1:{receiver.server_port}" in d["msg"] for d in lines)
 
 
-def test_upstream_base_url_is_redacted_in_logs_and_errors(logs):
+def test_upstream_base_url_is_redacted_in_logs_and_errors(logs, receiver):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -240,8 +240,14 @@ def test_upstream_base_url_is_redacted_in_logs_and_errors(logs):
         list(upstream.stream("/chat/completions", {"messages": []}))
     upstream.close()
     assert TOKEN not in str(info.value) and f"http://127.0.0.1:{closed}" in str(info.value)
+    # a call that goes through: the HTTP client's DEBUG request line shows neither the path nor the query
+    served = Upstream("m", [Deployment.parse({"base_url": f"http://127.0.0.1:{receiver.server_port}/t-{TOKEN}/v1"},
+                                             "m")], retries=0)
+    assert served.call(f"/chat/completions?api-key={TOKEN}", {"messages": []})["model"] == "m"
+    served.close()
     text = logs.getvalue()
     assert TOKEN not in text and text.count(f'"upstream": "http://127.0.0.1:{closed}"') == 2
+    assert f'http://127.0.0.1:{receiver.server_port} \\"POST <path> HTTP/1.1\\" 200' in text
 
 
 @pytest.mark.parametrize("url, shown", [

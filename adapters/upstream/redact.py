@@ -1,6 +1,7 @@
 """URLs as logs and error messages may show them: scheme://host[:port] and nothing else. A webhook URL carries
 tokens in its query string or userinfo, an upstream base URL may carry a key or a tenant's path; httpx puts the
-full URL into its exception messages and its INFO line, so those pass through here too."""
+full URL into its exception messages and its INFO line, urllib3 the request's path and query into its DEBUG line,
+so those pass through here too."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,8 @@ from urllib.parse import urlsplit
 # a scheme, "://", then everything up to whitespace or a quote: how httpx and tracebacks quote a URL
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _HIDDEN = "<url>"
+# urllib3's `http://host:port "POST /path?query HTTP/1.1" 200 123`: the origin is redacted as a URL, the path here
+_REQUEST_LINE = re.compile(r'"([A-Z]+) [^\s"]+ (HTTP/[0-9.]+)"')
 
 
 def redact_url(url: object) -> str:
@@ -30,8 +33,9 @@ def redact_url(url: object) -> str:
 
 
 def redact_text(text: str) -> str:
-    """`text` with every URL in it redacted (an exception's message, a log line)."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+    """`text` with every URL in it redacted (an exception's message, a log line), and a quoted HTTP request line's
+    path too."""
+    return _REQUEST_LINE.sub(r'"\1 <path> \2"', _URL.sub(lambda m: redact_url(m.group(0)), text))
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:
@@ -41,20 +45,22 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
 
 class RedactUrls(logging.Filter):
     """Rewrites a record's message with its URLs redacted (httpx logs `HTTP Request: POST <full URL> ...` at
-    INFO, which the graph's processes log)."""
+    INFO, urllib3 its request lines at DEBUG; the graph's processes may log both)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "://" in message:
+        if "://" in message or '"' in message:
             record.msg, record.args = redact_text(message), None
         return True
 
 
 _FILTER = RedactUrls()
+HTTP_LOGGERS = ("httpx", "urllib3.connectionpool")
 
 
-def guard_httpx_log() -> None:
-    """Install the filter on httpx's logger once; every module that calls out with httpx calls this."""
-    logger = logging.getLogger("httpx")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
+def guard_http_logs() -> None:
+    """Install the filter on the HTTP clients' loggers once; every module that calls out over HTTP calls this."""
+    for name in HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

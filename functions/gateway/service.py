@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -10,8 +9,7 @@ import uuid
 import eventlet
 from eventlet.queue import Empty
 from nameko.web.handlers import http
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime import metrics
@@ -119,10 +117,7 @@ class Gateway:
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
         """Prometheus metrics of every replica on this host (multiprocess folder), else of this process."""
-        registry = None
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+        registry = metrics.host_registry()
         return Response(generate_latest(registry) if registry else generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
     @http("GET,POST,PUT,PATCH,DELETE", "/<path:path>")

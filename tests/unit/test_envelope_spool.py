@@ -2,7 +2,9 @@
 records on disk before delivery, a torn last record, what a killed predecessor left, refused records set aside,
 an unreachable broker retried, `full`, and segments gone once confirmed."""
 import os
+import time
 
+import eventlet
 import msgpack
 import pytest
 from amqp.exceptions import ConnectionForced
@@ -89,7 +91,7 @@ def test_what_a_killed_predecessor_left_goes_out_first(tmp_path):
     spool = Spool(folder, 2**20)
     spool.append("accounting.record", {"id": "req_3"})
     sent = []
-    assert deliver(spool, lambda step, body, at: sent.append(body["id"]))
+    assert deliver(spool, lambda records: sent.extend(r["body"]["id"] for r in records))
     assert sent == ["req_1", "req_2", "req_3"]
     assert not list(folder.glob("seg-*.log"))  # every record confirmed: no segment left to resend
 
@@ -100,10 +102,10 @@ def test_a_refused_record_is_set_aside_and_the_rest_go_on(tmp_path):
         spool.append("accounting.record", {"id": f"req_{n}"})
     sent = []
 
-    def publish(step, body, at):
-        if body["id"] == "req_2":
+    def publish(records):  # all or nothing, as one round with one wait for confirms
+        if any(r["body"]["id"] == "req_2" for r in records):
             raise ValueError("the broker refuses this one")
-        sent.append(body["id"])
+        sent.extend(r["body"]["id"] for r in records)
 
     assert deliver(spool, publish)
     assert sent == ["req_1", "req_3"]
@@ -116,8 +118,8 @@ def test_an_unreachable_broker_keeps_the_record_and_retries(tmp_path):
     spool.append("accounting.record", {"id": "req_1"})
     attempts = []
 
-    def publish(step, body, at):
-        attempts.append(body["id"])
+    def publish(records):
+        attempts.extend(r["body"]["id"] for r in records)
         if len(attempts) < 3:
             raise ConnectionRefusedError("broker away")
 
@@ -129,7 +131,7 @@ def test_undelivered_records_stay_on_disk(tmp_path):
     spool = Spool(tmp_path / "sp", 2**20)
     spool.append("accounting.record", {"id": "req_1"})
 
-    def publish(step, body, at):
+    def publish(records):
         raise OSError("no route to broker")
 
     assert deliver(spool, publish, timeout=0.3) is False
@@ -142,8 +144,30 @@ def test_full_when_unconfirmed_bytes_reach_the_cap(tmp_path):
     while not spool.full:
         spool.append("accounting.record", {"id": "req", "pad": "x" * 40})
     assert spool.unconfirmed_bytes >= 200 and spool.pending >= 2
-    assert deliver(spool, lambda step, body, at: None)
+    assert deliver(spool, lambda records: None)
     assert not spool.full and spool.unconfirmed_bytes == 0
+
+
+def test_a_busy_spool_delivers_in_rounds_and_a_quiet_one_at_once(tmp_path):
+    """Records that come while a round is out (or within `linger` of the last) go together in the next round; the
+    first record of a quiet spool goes alone, with no wait."""
+    spool = Spool(tmp_path / "sp", 2**20, linger=0.2)
+    rounds, started = [], time.monotonic()
+
+    def publish(records):
+        rounds.append(([r["body"]["id"] for r in records], round(time.monotonic() - started, 2)))
+
+    spool.start(publish)
+    try:
+        spool.append("accounting.record", {"id": "req_0"})
+        eventlet.sleep(0.05)
+        for n in range(1, 6):
+            spool.append("accounting.record", {"id": f"req_{n}"})
+        assert spool.drain(5)
+    finally:
+        spool.close()
+    assert [ids for ids, _ in rounds] == [["req_0"], ["req_1", "req_2", "req_3", "req_4", "req_5"]]
+    assert rounds[0][1] < 0.05 and rounds[1][1] >= 0.2
 
 
 def test_a_second_live_spool_takes_a_folder_of_its_own(tmp_path):

@@ -22,14 +22,14 @@ from typing import Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from scaigrid.adapters.upstream.redact import error_text, guard_httpx_log, redact_url
+from scaigrid.adapters.upstream.redact import error_text, guard_http_logs, redact_url
 from scaigrid.runtime.errors import BadRequest, PolicyRefusal, Unavailable
 from scaigrid.runtime.logs import log
 
 from .base import HookContext, Plugin, PluginConfig
 
 _log = logging.getLogger("scaigrid.plugins.webhook")
-guard_httpx_log()  # httpx's INFO line would show the webhook URL, token and all
+guard_http_logs()  # httpx's INFO line would show the webhook URL, token and all
 ALLOW_PRIVATE_ENV = "SCAIGRID_WEBHOOK_ALLOW_PRIVATE"  # operator's switch: 1 lets webhooks reach private addresses
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix: an IPv4 address in IPv6 clothes
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
