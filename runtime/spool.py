@@ -193,6 +193,9 @@ class Spool:
             wait = self.linger - (time.monotonic() - last_round)
             if wait > 0 and not singly:  # under load a round at most every `linger` s: what came meanwhile
                 eventlet.sleep(wait)  # goes out in it, in a few messages and one wait for confirms
+            else:
+                # woken by the request that spooled the record: its answer (woken after this) goes out first
+                eventlet.sleep(0)
             last_round = time.monotonic()
             size = 1 if singly else min(len(self._pending), ROUND_RECORDS)
             batch = list(islice(self._pending, size))

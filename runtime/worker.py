@@ -7,6 +7,7 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402  (before any socket, thread or psycopg2 import)
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -101,6 +102,10 @@ def main(argv=None) -> int:
     # liveness/readiness for probes (scaigrid health): a greenthread that runs proves the hub is not blocked
     eventlet.spawn(beat_forever, args.function, args.replica, settings.amqp_uri, lambda: inflight.draining)
     logs.log(_log, logging.INFO, "replica started", pool=graph.functions[args.function].pool)
+    # what start-up made lives as long as the process: out of the collector's sight, a full collection no longer
+    # walks it (~150k objects in a gateway: one full pass was measured at tens of milliseconds, a p99 outlier)
+    gc.collect()
+    gc.freeze()
     runner.wait()
     if stopping:
         stopping[0].wait()
