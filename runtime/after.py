@@ -117,7 +117,7 @@ def messages_of(records: list[dict], batched: frozenset[str]) -> list[tuple[str,
         step, body, at = record["step"], record["body"], record["at"]
         last = out[-1] if out else None
         if step in batched:
-            if last is not None and last[0] == step and ENVELOPES_HEADER in last[2] and len(last[1]) < PER_MESSAGE:
+            if last is not None and last[0] == step and len(last[1]) < PER_MESSAGE:  # the same step: a list too
                 last[1].append(body)
                 last[2][ENVELOPES_HEADER] += 1
                 continue

@@ -1,5 +1,11 @@
 """Prometheus metrics of the runtime: per-step and per-route latency, errors; the host-wide registry /metrics serves."""
-from prometheus_client import Counter, Gauge, Histogram
+from __future__ import annotations
+
+import glob
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -14,26 +20,22 @@ STREAMS_OPEN = Gauge("scaigrid_streams_open", "Token streams a gateway process i
                      ["function"], multiprocess_mode="livesum")
 
 
-def host_registry():
+
+class _SettledFiles(MultiProcessCollector):
+    """Leaves out a file a process has just created and not yet sized: prometheus_client opens it and then extends
+    it, and reading it in between fails the whole scrape ('unpack_from requires a buffer of at least 4 bytes', seen
+    once in a test run). A file that has a size stays readable."""
+
+    def collect(self):
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if os.path.getsize(f) > 0]
+        return self.merge(files, accumulate=True)
+
+
+def host_registry() -> CollectorRegistry | None:
     """A registry of every replica on this host (their multiprocess folder) for /metrics, or None (this process's
     own default registry) when there is no such folder."""
-    import glob
-    import os
-
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    class _Settled(MultiProcessCollector):
-        """Leaves out a file a process has just created and not yet sized: prometheus_client opens it and then
-        extends it, and reading it in between fails the whole scrape (seen in CI as 'unpack_from requires a
-        buffer of at least 4 bytes'). A file with a size stays readable."""
-
-        def collect(self):
-            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if os.path.getsize(f) > 0]
-            return self.merge(files, accumulate=True)
-
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
     registry = CollectorRegistry()
-    _Settled(registry)
+    _SettledFiles(registry)
     return registry

@@ -160,16 +160,14 @@ class Gateway:
                     response.call_on_close(watcher.kill)
                     watcher = None
         except StepError as exc:
-            if watcher is not None:  # the client is answered now: nothing left to cancel
-                watcher.kill()
             # steps may set answer headers even when the route fails (x-ratelimit-* on a 429)
             headers.update((getattr(exc, "envelope", None) or {}).get("context", {}).get("headers", {}))
             response = error_response(exc, headers)
         except Exception as exc:  # a bug must still answer in the API's format, with the id to find it by
-            if watcher is not None:
-                watcher.kill()
             log(_log, logging.ERROR, "unhandled error in the gateway", error=repr(exc)[:500], exc_info=True)
             response = error_response(as_step_error(exc), headers)
+        if watcher is not None:  # the route failed: the error is the answer, nothing is left to cancel
+            watcher.kill()
         status = response.status_code
         elapsed = time.perf_counter() - started
         metrics.REQUEST_SECONDS.labels(route_name, str(status)).observe(elapsed)
