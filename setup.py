@@ -44,6 +44,15 @@ setup(
         "pypdf>=4", "beautifulsoup4>=4.12", "markdown-it-py>=3",  # RAG ingestion: PDF, HTML, Markdown to text
         "neo4j>=6.4,<7",  # the knowledge graph, over Bolt (Neo4j; FalkorDB stands in for tests)
         "spacy>=3.7.5,<3.9",  # entities at ingestion; its English model is pinned by hash (./dev.sh installs it)
+        # traces (docs/observability.md): OTLP over HTTP, never gRPC (its client blocks the eventlet hub); the
+        # instrumentations' 0.x line is released in step with the SDK's 1.x
+        "opentelemetry-api>=1.45,<2",
+        "opentelemetry-sdk>=1.45,<2",
+        "opentelemetry-exporter-otlp-proto-http>=1.45,<2",
+        "opentelemetry-instrumentation-sqlalchemy>=0.66b0,<1",
+        "opentelemetry-instrumentation-redis>=0.66b0,<1",
+        "opentelemetry-instrumentation-urllib3>=0.66b0,<1",
+        "opentelemetry-instrumentation-httpx>=0.66b0,<1",
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
@@ -92,6 +101,8 @@ setup(
             "deploy = scaigrid.runtime.deploy.commands:register",
             "models = scaigrid.functions.inference.commands:register",
         ],
+        # spans for the stores' clients, installed when tracing is on (runtime/tracing.py)
+        "scaigrid.instrumentation": ["clients = scaigrid.adapters.instrumentation:instrument"],
         "scaigrid.before_up": [
             "migrations = scaigrid.adapters.sql.commands:before_up",
             "models = scaigrid.functions.inference.commands:before_up",

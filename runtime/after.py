@@ -4,7 +4,8 @@ events with publisher confirms, so that neither a broker restart nor a SIGKILL l
 A spool round goes out on one connection of this process's own: every message of the round is published, then the
 broker's confirms are awaited once. Envelopes for a batched after-step (`@batch`, runtime/batch.py: the usage
 ledger) travel several to a message (header `scaigrid.envelopes`), which its BatchConsumer takes apart; any other
-after-step (a nameko event handler) gets one message per envelope."""
+after-step (a nameko event handler) gets one message per envelope, with the trace it belongs to in its
+`nameko.traceparent` header."""
 from __future__ import annotations
 
 import hashlib
@@ -17,12 +18,13 @@ from pathlib import Path
 from kombu import Connection
 from kombu.serialization import dumps
 
-from . import metrics
+from . import metrics, tracing
 from .batch import ENVELOPES_HEADER, PER_MESSAGE
 from .logs import log
 from .remote import SERIALIZER
 from .service import after_event_type, after_queue
 from .spool import Spool, process_spool
+from .tracing import TRACEPARENT
 
 _log = logging.getLogger("scaigrid.after")
 CONFIRM_TIMEOUT_S = 10.0  # a broker that takes the bytes but never confirms (a half-open connection) is "away"
@@ -123,7 +125,10 @@ def messages_of(records: list[dict], batched: frozenset[str]) -> list[tuple[str,
                 continue
             out.append((step, [body], {ENVELOPES_HEADER: 1}, at))
         else:
-            out.append((step, body, {"nameko.request_id": body.get("id")}, at))
+            headers = {"nameko.request_id": body.get("id")}
+            if body.get(TRACEPARENT):  # the consumer's worker continues the request's trace (runtime/tracing.py)
+                headers[tracing.HEADER_PREFIX + TRACEPARENT] = body[TRACEPARENT]
+            out.append((step, body, headers, at))
     return out
 
 
@@ -152,8 +157,12 @@ class AfterSteps:
         return self.spool.full
 
     def hand(self, step: str, envelope: dict) -> None:
-        """Spool the event for `step` (its secrets left out); raises only if the local disk fails."""
-        self.spool.append(step, {k: v for k, v in envelope.items() if k != "secrets"})
+        """Spool the event for `step` (its secrets left out); raises only if the local disk fails. While tracing is
+        on, the envelope carries the trace it was handed in: a batched message holds envelopes of many requests."""
+        body = {k: v for k, v in envelope.items() if k != "secrets"}
+        if tracing.on:
+            body[TRACEPARENT] = tracing.traceparent()
+        self.spool.append(step, body)
 
     def _publish(self, records: list[dict]) -> None:
         self.rounds.publish(messages_of(records, self.batched))

@@ -10,7 +10,10 @@ ENVELOPE_VERSION = 1
 
 
 class Envelope(BaseModel):
-    """What a step receives and returns. Crosses RPC as a plain dict (msgpack): money is integer micro-units."""
+    """What a step receives and returns. Crosses RPC as a plain dict (msgpack): money is integer micro-units.
+
+    Handed to an after-step while tracing is on, it also holds `traceparent`, the W3C id of the span it was handed
+    in (runtime/after.py): a batched message carries envelopes of many requests, one header could name only one."""
 
     version: int = ENVELOPE_VERSION
     id: str = Field(default_factory=lambda: f"req_{uuid.uuid4().hex}",

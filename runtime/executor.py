@@ -12,7 +12,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ReplyListener
 
-from . import metrics
+from . import metrics, tracing
 from .after import AfterSteps
 from .errors import StepError, StepTimeout, Unavailable, as_step_error
 from .graph import Graph, StepSpec
@@ -85,7 +85,7 @@ class RouteRunner:
             exc.envelope = envelope
             late_reply = getattr(exc, "late_reply", None)
             if late_reply is not None:
-                eventlet.spawn(self._after_late, route_name, envelope, late_reply)
+                eventlet.spawn(self._after_late, route_name, envelope, late_reply, tracing.captured())
             else:
                 self.after(route_name, envelope)
             raise
@@ -95,6 +95,13 @@ class RouteRunner:
 
     def _step(self, route_name: str, index: int, step: StepSpec, envelope: dict) -> dict:
         placement = self.placement(step.function)
+        if not tracing.on or placement != "inline":  # a remote step's span is its RPC call's (runtime/remote.py)
+            return self._timed_step(route_name, index, step, envelope, placement)
+        with tracing.span(step.step, step.function, attributes={"scaigrid.route": route_name,
+                                                                "scaigrid.step": step.step}):
+            return self._timed_step(route_name, index, step, envelope, placement)
+
+    def _timed_step(self, route_name: str, index: int, step: StepSpec, envelope: dict, placement: str) -> dict:
         started = time.perf_counter()
         try:
             result = self.call(step.step, envelope, timeout=self.graph.timeout_of(step), request_id=envelope["id"])
@@ -117,14 +124,15 @@ class RouteRunner:
         metrics.STEP_SECONDS.labels(route_name, step.step, placement).observe(elapsed)
         return result
 
-    def _after_late(self, route_name: str, envelope: dict, late_reply) -> None:
+    def _after_late(self, route_name: str, envelope: dict, late_reply, trace_context=None) -> None:
         """After-steps of a route whose remote step timed out: that step, cancelled, still answers with what it
         did until it stopped, and its usage goes on the envelope first, so the work done is accounted for (a
         stream's tokens were delivered). Runs beside the answer, which does not wait for it."""
         result = late_reply(CANCEL_GRACE_S)
         if isinstance(result, dict) and result.get("usage"):
             envelope["usage"] = result["usage"]
-        self.after(route_name, envelope)
+        with tracing.attached(trace_context):  # this greenthread started with no trace
+            self.after(route_name, envelope)
 
     def after(self, route_name: str, envelope: dict) -> None:
         """Hand each after-step the envelope as a persistent event, spooled to disk first: it survives a consumer

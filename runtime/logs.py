@@ -1,4 +1,4 @@
-"""Structured (JSON) logs: every line names its function, step and request id."""
+"""Structured (JSON) logs: every line names its function, step and request id (and its trace, when traced)."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,14 @@ import logging
 import os
 import sys
 import time
+from typing import Callable
 
 from eventlet.corolocal import local
 
 # per-greenthread: which request and step the current worker is serving
 current = local()
+# (trace id, span id) of the current span, or None; set by runtime/tracing.py when tracing is on
+trace_ids: Callable[[], tuple[str, str] | None] | None = None
 
 
 def bind(**fields) -> None:
@@ -18,6 +21,8 @@ def bind(**fields) -> None:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, function, request id and step, and trace/span ids under a span."""
+
     def __init__(self, function: str):
         super().__init__()
         self.function = function
@@ -35,6 +40,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(current, key, None)
             if value is not None:
                 doc[key] = value
+        if trace_ids is not None:  # the line and its span find each other in the trace backend
+            ids = trace_ids()
+            if ids is not None:
+                doc["trace_id"], doc["span_id"] = ids
         extra = getattr(record, "fields", None)
         if extra:
             doc.update(extra)

@@ -10,7 +10,9 @@ from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import deserialize
 from nameko.rpc import ReplyListener, get_rpc_exchange
+from opentelemetry.trace import SpanKind
 
+from . import tracing
 from .errors import StepTimeout, Unavailable
 from .nameko_compat import forget_reply
 
@@ -47,6 +49,16 @@ class RemoteCaller:
         self.publisher.transport_options = {**QUICK_RETRY, "interval_max": 0.5}  # connecting, too
 
     def call(self, function: str, method: str, args: tuple, timeout: float, headers: dict):
+        """Run `function.method(*args)` on a replica and return its result (or raise its error); StepTimeout past
+        `timeout`, Unavailable when nothing can take it."""
+        if not tracing.on:
+            return self._call(function, method, args, timeout, headers)
+        with tracing.span(f"{function}.{method}", function, SpanKind.CLIENT,
+                          attributes={"rpc.system": "nameko", "rpc.service": function, "rpc.method": method}):
+            # the replica's worker gets it as context data, as nameko does with every `nameko.*` header
+            return self._call(function, method, args, timeout, {**headers, **tracing.headers(tracing.HEADER_PREFIX)})
+
+    def _call(self, function: str, method: str, args: tuple, timeout: float, headers: dict):
         correlation_id = str(uuid.uuid4())
         reply = self.reply_listener.get_reply_event(correlation_id)
         try:

@@ -13,6 +13,7 @@ from .dependencies import StepLog
 from .graph import Graph
 from .remote import SERIALIZER
 from .settings import Settings
+from .tracing import StepSpan
 
 EVENT_SOURCE = "scaigrid"
 
@@ -51,7 +52,7 @@ def _with_after_entrypoint(function: str, method: str, original):
 
 def build_service(graph: Graph, function: str, cls: type) -> type:
     """A subclass named after the graph function (its queue name), with step logging and after-step consumers."""
-    attrs = {"name": function, "_scaigrid_step_log": StepLog()}
+    attrs = {"name": function, "_scaigrid_step_log": StepLog(), "_scaigrid_step_span": StepSpan()}
     for method in after_methods(graph, function):
         attrs[method] = _with_after_entrypoint(function, method, getattr(cls, method))
     return type(cls.__name__, (cls,), attrs)

@@ -23,6 +23,7 @@ from nameko.extensions import DependencyProvider
 
 from nameko.exceptions import deserialize_to_instance
 
+from . import tracing
 from .errors import StepError
 from .logs import log
 from .metrics import STREAMS_OPEN
@@ -134,6 +135,8 @@ class StreamWriter:
         self._reply_to = envelope["context"]["stream"]["reply_to"]
         self.request_id = envelope["id"]
         self.seq = 0
+        # the span that makes the chunks, named on each one that crosses the broker; nothing while tracing is off
+        self._headers = tracing.headers() if tracing.on else {}
 
     @property
     def cancelled(self) -> bool:
@@ -151,7 +154,8 @@ class StreamWriter:
             local.deliver(chunk)
         else:
             try:
-                self._sender.publisher.publish(chunk, exchange="", routing_key=self._reply_to, mandatory=True)
+                self._sender.publisher.publish(chunk, exchange="", routing_key=self._reply_to, mandatory=True,
+                                               extra_headers=self._headers)
             except UndeliverableMessage:
                 raise StreamClosed(f"the gateway holding stream {self.request_id} is gone") from None
         if _log.isEnabledFor(logging.DEBUG):  # the step's own clock: tests prove chunks leave as they are made

@@ -16,7 +16,7 @@ import sys  # noqa: E402
 from nameko.runners import ServiceRunner  # noqa: E402
 from nameko.web.server import WebServer  # noqa: E402
 
-from . import logs, nameko_compat  # noqa: E402
+from . import logs, nameko_compat, tracing  # noqa: E402
 from .deploy.health import beat_forever  # noqa: E402
 from .graph import GraphError  # noqa: E402
 from .graph_check import load_checked  # noqa: E402
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("SCAIGRID_SPOOL_NAME", f"{args.function}-{args.replica}")
     settings = Settings()
     logs.configure(args.function, settings.log_level, args.replica)
+    tracing.configure(args.function, args.replica)  # before the stores' clients exist: they get instrumented
     try:
         graph, classes = load_checked(args.graph)
         if args.function not in graph.functions:
@@ -109,6 +110,7 @@ def main(argv=None) -> int:
     runner.wait()
     if stopping:
         stopping[0].wait()
+    tracing.shutdown()  # the spans of the last requests go out before the process ends
     return 0
 
 

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 
 import neo4j
 
+from ..instrumentation import bolt_span
+
 # Neo4j 5 syntax first (named, composite, idempotent); FalkorDB knows neither names nor IF NOT EXISTS, and fails
 # (with an unspecific error) on an index that exists, so there it is one plain index per property, errors ignored.
 NEO4J_INDEXES = [
@@ -81,7 +83,8 @@ class KnowledgeGraph:
         return self._send(query, params)
 
     def _send(self, query: str, params: dict) -> tuple[list[dict], neo4j.ResultSummary]:
-        with self.driver.session(database=self.database) as session:
+        with bolt_span(query.split(None, 1)[0].upper(), self.url), \
+                self.driver.session(database=self.database) as session:
             result = session.run(query, _escaped(params) if self._escape else params)
             rows = result.data()
             return rows, result.consume()

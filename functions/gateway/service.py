@@ -12,7 +12,7 @@ from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Request, Response
 
-from scaigrid.runtime import metrics
+from scaigrid.runtime import metrics, tracing
 from scaigrid.runtime.envelope import new_envelope
 from scaigrid.runtime.errors import StepError, StepTimeout, Unavailable, as_step_error
 from scaigrid.runtime.executor import Executor
@@ -28,6 +28,7 @@ from .http_api.disconnect import watch_disconnect
 from .http_api.json_route import answer_of
 from .http_api.docs_page import docs_asset, docs_page
 from .http_api.responses import error_response, json_response
+from .http_api.server_span import close_span, name_route, open_span
 
 _log = logging.getLogger("scaigrid.gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -123,6 +124,17 @@ class Gateway:
     @http("GET,POST,PUT,PATCH,DELETE", "/<path:path>")
     def dispatch(self, request: Request, path: str) -> Response:
         """Every graph route: parse with the route's handler, run the steps, render the envelope."""
+        if not tracing.on:
+            return self._dispatch(request)
+        span, token = open_span(request)
+        try:
+            response = self._dispatch(request)
+        except BaseException:  # _dispatch answers every error itself: this is a kill, the span must end anyway
+            close_span(span, token, Response(status=500))
+            raise
+        return close_span(span, token, response)
+
+    def _dispatch(self, request: Request) -> Response:
         started = time.perf_counter()
         rid, client_rid = new_request_id(), client_request_id(request)
         bind(request_id=rid, client_request_id=client_rid, function=self.name, step=None)
@@ -137,6 +149,8 @@ class Gateway:
             with inflight.track():
                 route_name, path_values = self.http_routes.match(request)
                 route = self.routes.graph.routes[route_name]
+                if tracing.on:
+                    name_route(route, request.method, rid)
                 handler = HANDLERS[route.handler]
                 envelope = new_envelope(route_name, {"path": path_values}, request_id=rid,
                                         client_request_id=client_rid, secrets=credentials(request))
@@ -182,11 +196,13 @@ class Gateway:
         chunks = self.chunks.open(rid)
         envelope["context"]["stream"] = {"reply_to": self.chunks.queue_name}
         wait = self.routes.graph.route_timeout(route_name)
+        trace_context = tracing.captured()  # a new greenthread starts outside the request's trace
 
         def run_route():
             bind(request_id=rid, client_request_id=envelope.get("client_request_id"), function=self.name, step=None)
             try:
-                chunks.put(("done", self.routes.run(route_name, envelope, start)))
+                with tracing.attached(trace_context):
+                    chunks.put(("done", self.routes.run(route_name, envelope, start)))
             except Exception as exc:
                 chunks.put(("error", as_step_error(exc)))
             finally:

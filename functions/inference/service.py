@@ -21,6 +21,7 @@ from scaigrid.runtime.streams import ChunkSender, StreamClosed
 
 from ..shared.params import request_params
 from .dependencies import UpstreamProvider
+from .telemetry import GenAiSpan, finish_reasons
 
 STARTED = int(time.time())
 # livesum: the gateway's /metrics adds up every replica of the host (multiprocess folder); a model id label only
@@ -99,15 +100,17 @@ class Inference:
     def _generate_with(self, spec: dict, envelope: dict, path: str) -> dict:
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
+        genai = GenAiSpan(spec, envelope, "chat" if path == "/chat/completions" else "text_completion")
         if spec.get("backend") in LOCAL_BACKENDS:
             self._refuse_unsupported(spec, envelope["request"])
-            return self._local(envelope, spec, chat=path == "/chat/completions")
+            return self._local(envelope, spec, path == "/chat/completions", genai)
         writer = self.stream.open(envelope)
         if writer is None:
             answer = self.upstreams.call(spec, path, body)
             envelope["response"], envelope["usage"] = answer, usage_of(answer)
+            genai.done(envelope["usage"], answer.get("model"), finish_reasons(answer), answer.get("choices"))
             return envelope
-        usage, pieces = None, 0
+        usage, pieces, reasons = None, 0, []
         try:
             for chunk in self.upstreams.stream(spec, path, body):
                 if chunk.get("usage"):
@@ -115,9 +118,12 @@ class Inference:
                 if chunk.get("choices"):
                     pieces += any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk["choices"])
                     writer.send(chunk)
+                    genai.chunk()
+                    reasons += finish_reasons(chunk)
         except StreamClosed:
             pass  # the client left: bill what was generated so far
         envelope["usage"] = usage_of({"usage": usage}) if usage else estimated_usage(body, pieces)
+        genai.done(envelope["usage"], spec["id"], reasons)
         return writer.finish()
 
     @rpc
@@ -127,6 +133,7 @@ class Inference:
         if self._handed_on(spec):
             return self.replicas.call("embeddings", envelope, request_id=envelope["id"])
         body = envelope["request"]["body"]
+        genai = GenAiSpan(spec, None, "embeddings")
         if spec.get("backend") == "onnx":
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
             vectors, counts = self.local.embed(spec["id"], texts)
@@ -137,9 +144,11 @@ class Inference:
                  [float(x) for x in v]} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
             envelope["usage"] = {"prompt_tokens": sum(counts), "completion_tokens": 0, "total_tokens": sum(counts)}
+            genai.done(envelope["usage"], spec["id"])
             return envelope
         answer = self.upstreams.call(spec, "/embeddings", body)
         envelope["response"], envelope["usage"] = answer, usage_of(answer)
+        genai.done(envelope["usage"], answer.get("model"))
         return envelope
 
     # for other functions (graph.yaml `calls:`), not routes: plain arguments, compact answers -----------------
@@ -152,6 +161,7 @@ class Inference:
             raise BadRequest("nothing to embed", param="input")
         if self._handed_on(spec):
             return self.replicas.call("embed", model, texts)
+        genai = GenAiSpan(spec, None, "embeddings")
         if spec.get("backend") in LOCAL_BACKENDS:
             vectors, counts = self.local.embed(spec["id"], list(texts))
             matrix, tokens = np.asarray(vectors, "<f4"), sum(counts)
@@ -159,6 +169,7 @@ class Inference:
             answer = self.upstreams.call(spec, "/embeddings", {"model": model, "input": list(texts)})
             rows = sorted(answer["data"], key=lambda d: d["index"])
             matrix, tokens = np.asarray([r["embedding"] for r in rows], "<f4"), usage_of(answer)["total_tokens"]
+        genai.done({"prompt_tokens": tokens}, spec["id"])
         return {"model": spec["id"], "count": matrix.shape[0], "dimensions": matrix.shape[1],
                 "vectors": matrix.tobytes(), "tokens": tokens}
 
@@ -177,7 +188,7 @@ class Inference:
         return {"model": spec["id"], "dimensions": int(dimensions),
                 "max_tokens": int(spec.get("context_length") or 8191), "tokenizer": None}
 
-    def _local(self, envelope: dict, spec: dict, chat: bool) -> dict:
+    def _local(self, envelope: dict, spec: dict, chat: bool, genai: GenAiSpan) -> dict:
         """A local model: OpenAI's answer or chunks, exact token counts, generation stopped when the client leaves."""
         body, params = envelope["request"]["body"], request_params(envelope["request"])
         prompt = body["messages"] if chat else body["prompt"]
@@ -206,6 +217,7 @@ class Inference:
                     writer.send(_chunk(rid, created, spec["id"], {"role": "assistant", "content": ""}, None, chat))
                 for delta in deltas:
                     writer.send(_chunk(rid, created, spec["id"], {"content": delta} if chat else delta, None, chat))
+                    genai.chunk()
                 writer.send(_chunk(rid, created, spec["id"], {} if chat else "", deltas.generation.finish_reason,
                                    chat))
             except StreamClosed:
@@ -215,6 +227,7 @@ class Inference:
                  "completion_tokens": generation.usage.completion_tokens,
                  "total_tokens": generation.usage.total_tokens}
         envelope["usage"] = usage
+        genai.done(usage, spec["id"], [generation.finish_reason], text)
         if writer is not None:
             return writer.finish()
         choice = ({"index": 0, "message": {"role": "assistant", "content": text},

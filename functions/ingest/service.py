@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from tokenizers import Tokenizer
 
 from scaigrid.adapters.sql.rag_store import StartedJob
+from scaigrid.runtime import tracing
 from scaigrid.runtime.logs import log
 
 from .chunking import chunk_text
@@ -140,6 +141,7 @@ class Ingest(RagDependencies):
         job_id = (envelope.get("context") or {}).get("job_id")
         if not job_id or envelope.get("error"):
             return
+        tracing.current_span().set_attribute("scaigrid.job_id", job_id)  # the job's span, in its request's trace
         fallback = self.config.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
         embeddings = self.embeddings
         Ingestion(self.docs, self.vectors, embeddings.embed, lambda model: embeddings.tokenizer(model, fallback),

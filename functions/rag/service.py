@@ -19,6 +19,7 @@ from nameko.rpc import rpc
 from scaigrid.adapters.documents import UnsupportedDocument, extract_text, media_type_of
 from scaigrid.adapters.sql.rag_store import NameTaken
 from scaigrid.adapters.vector.base import VectorStoreError
+from scaigrid.runtime import tracing
 from scaigrid.runtime.errors import BadRequest, Conflict, NotFound
 
 from ..shared.access import list_page, page_args, principal_of, require_manager, require_model
@@ -266,6 +267,10 @@ class Rag(RagDependencies):
         finally:
             self._bill(envelope, spent)
         citations = citations_of(rankings, spec["top_k"])
+        tracing.current_span().set_attributes({  # ids and counts only: the query and passages are the tenant's
+            "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": [c["id"] for c in collections],
+            "scaigrid.rag.top_k": spec["top_k"], "scaigrid.rag.mode": str(spec["mode"]),
+            "scaigrid.rag.citations": len(citations)})
         if citations:
             body["messages"] = inject_context(body["messages"], citations, self._setting("max_context_chars"))
         envelope["context"].setdefault("answer_fields", {})["citations"] = citations
