@@ -49,7 +49,7 @@ setup(
         "opentelemetry-api>=1.45,<2",
         "opentelemetry-sdk>=1.45,<2",
         "opentelemetry-exporter-otlp-proto-http>=1.45,<2",
-        "opentelemetry-instrumentation-sqlalchemy>=0.66b0,<1",
+        "opentelemetry-instrumentation-psycopg2>=0.66b0,<1",
         "opentelemetry-instrumentation-redis>=0.66b0,<1",
         "opentelemetry-instrumentation-urllib3>=0.66b0,<1",
         "opentelemetry-instrumentation-httpx>=0.66b0,<1",

@@ -1,6 +1,7 @@
 """Spans for the stores' clients, installed by runtime/tracing.py when tracing is on (entry point group
-`scaigrid.instrumentation`, setup.py): PostgreSQL (SQLAlchemy), Redis, outgoing HTTP (urllib3: the upstreams;
-httpx: webhooks) with OpenTelemetry's own instrumentations, and Bolt (the knowledge graph) by hand, which has none.
+`scaigrid.instrumentation`, setup.py): PostgreSQL (psycopg2, under SQLAlchemy: OpenTelemetry's SQLAlchemy
+instrumentation refuses SQLAlchemy 2.1), Redis, outgoing HTTP (urllib3: the upstreams; httpx: webhooks) with
+OpenTelemetry's own instrumentations, and Bolt (the knowledge graph) by hand, which has none.
 
 URLs in spans follow the logs' rule (adapters/upstream/redact.py): scheme://host[:port] only, since an upstream's
 base URL or a webhook's query string may carry a key. Statements are SQL with placeholders and Redis commands
@@ -8,13 +9,16 @@ with their arguments as `?`: no values, and no header of a request is recorded.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 from scaigrid.runtime import tracing
+from scaigrid.runtime.logs import log
 
 from .upstream.redact import redact_url
 
+_log = logging.getLogger("scaigrid.tracing")
 URL_ATTRIBUTES = ("url.full", "http.url")  # the stable name and the old one: whichever the instrumentation set
 
 
@@ -26,16 +30,23 @@ def _redact_span_url(span, request) -> None:
 
 
 def instrument() -> None:
-    """Install the client instrumentations (once per process, before the stores' clients are made)."""
+    """Install the client instrumentations (once per process, before the stores' clients are made); one that
+    refuses the installed library (a version outside its range) is named in one line, the others still run."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
-    SQLAlchemyInstrumentor().instrument()
-    RedisInstrumentor().instrument()
-    URLLib3Instrumentor().instrument(url_filter=redact_url)
-    HTTPXClientInstrumentor().instrument(request_hook=_redact_span_url)
+    for store, instrumentor, options in (
+            # a cursor factory on the real connection (no proxy): pgvector still registers its types on it
+            ("postgres", Psycopg2Instrumentor(), {}),
+            ("redis", RedisInstrumentor(), {}),
+            ("http (upstreams)", URLLib3Instrumentor(), {"url_filter": redact_url}),
+            ("http (webhooks)", HTTPXClientInstrumentor(), {"request_hook": _redact_span_url})):
+        instrumentor.instrument(**options)
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            log(_log, logging.WARNING, "no spans for this store: its instrumentation refused the installed client",
+                store=store, instrumentor=type(instrumentor).__name__)
 
 
 @contextmanager

@@ -15,8 +15,12 @@ load phase):
   streams     --streams streams one at a time: time to the first content chunk (TTFC) and to [DONE], minus direct
 Every non-200, malformed answer or broken stream is an error. Exit 0 whatever the targets say (a measurement),
 1 on errors, 2 when a side fails to start. Everything started is stopped at the end, also on Ctrl-C.
+--tracing runs a second ScaiGrid in the same rounds with traces on (OTLP/HTTP to tests/otlp_receiver.py in its
+own process) and prints what tracing costs: its numbers over the untraced ScaiGrid's (issue 16: added median
+<= 1.2x).
 
-Usage: python bench/gateway.py [--requests 400] [--seconds 12] [--streams 150] [--skip-litellm] [--json FILE]
+Usage: python bench/gateway.py [--requests 400] [--seconds 12] [--streams 150] [--skip-litellm] [--tracing]
+                               [--json FILE]
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import httpx
 from scaigrid.runtime.testing import free_port, percentile
 from soak import Failed
 
-from gateway_sides import HERE, Side, start, start_litellm, start_scaigrid, wait_http
+from gateway_sides import HERE, Side, start, start_litellm, start_receiver, start_scaigrid, wait_http
 
 CHUNKS, ROUND = 20, 25
 SERVICES = ("beam.smp", "redis-server", "postgres")  # the broker, Redis, PostgreSQL: what ScaiGrid leans on
@@ -196,7 +200,7 @@ def measure(sides: list[Side], direct: Side, args, tmp: Path) -> dict:
         totals = [ms for ms, _ in got[s.name]] or [float("nan")]
         median, p99 = statistics.median(totals), percentile(totals, 0.99)
         s.numbers.update(total_median_ms=median, total_p99_ms=p99, added_median_ms=median - base, added_p99_ms=p99 - base)
-        if s.name == "ScaiGrid":
+        if s.name.startswith("ScaiGrid"):
             s.numbers["own_overhead_header_ms"] = statistics.median(h for _, h in got[s.name])
     print(f"sequential: {args.requests} requests each done (direct median {base:.3f} ms)", flush=True)
     direct.numbers["load32"] = wrk(direct, 32, min(5, args.seconds), tmp)
@@ -274,12 +278,41 @@ def report(sg: Side, ll: Side | None, direct: Side) -> None:
           f"{os.getloadavg()[0]:.1f})")
 
 
+def report_tracing(off: Side, on: Side, receiver: str) -> None:
+    """Traces on against off, same rounds: ratios of the traced side's numbers to the untraced one's."""
+    rows = [("sequential added latency, median ms", "added_median_ms", 1.2),
+            ("sequential added latency, p99 ms", "added_p99_ms", None),
+            ("req/s at 32 connections", "load32.rps", None),
+            ("CPU ms per request at 32", "load32.cpu_ms_per_request", None),
+            ("stream TTFC overhead, median ms", "ttfc_overhead_ms", None),
+            ("stream [DONE] overhead, median ms", "done_overhead_ms", None)]
+
+    def get(side, key):
+        value = side.numbers
+        for part in key.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        return value if isinstance(value, (int, float)) else float("nan")
+
+    head = f"{'traces':<38}{'off':>11}{'on':>11}{'on/off':>8}  target"
+    print("\n" + head + "\n" + "-" * len(head))
+    for label, key, limit in rows:
+        ratio = get(on, key) / get(off, key) if get(off, key) else float("nan")
+        verdict = "" if limit is None else f"<= {limit}x  " + ("met" if ratio <= limit else "NOT met")
+        print(f"{label:<38}{get(off, key):11.3f}{get(on, key):11.3f}{ratio:8.2f}  {verdict}")
+    try:
+        got = httpx.get(receiver + "/", timeout=5).json()
+        print(f"the receiver decoded {got['spans']} spans in {got['requests']} exports")
+    except httpx.HTTPError as e:
+        print(f"the receiver did not answer: {e}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="sequential non-streamed requests per side")
     parser.add_argument("--seconds", type=int, default=12, help="each wrk run, at 8 and at 32 connections")
     parser.add_argument("--streams", type=int, default=150, help="sequential streams per side")
     parser.add_argument("--skip-litellm", action="store_true", help="ScaiGrid only (no ratios)")
+    parser.add_argument("--tracing", action="store_true", help="also ScaiGrid with traces on: what they cost")
     parser.add_argument("--json", type=Path, help="write the numbers to this file")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):  # both clean up as Ctrl-C does (also when started in background)
@@ -296,13 +329,20 @@ def main() -> int:
         try:
             wait_http(f"{direct.base_url}/", upstream, "the fake upstream", 30)
             sides = [start_scaigrid(stack, f"{direct.base_url}/v1", tmp)]
+            if args.tracing:
+                receiver = start_receiver(stack, tmp)
+                sides.append(start_scaigrid(stack, f"{direct.base_url}/v1", tmp, "ScaiGrid traced",
+                                            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver}))
             if not args.skip_litellm:
                 sides.append(start_litellm(stack, f"{direct.base_url}/v1", tmp))
         except Exception as e:  # noqa: BLE001 -- a side that does not start ends the bench, whatever raised
             print(f"\na side failed to start: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         numbers = measure(sides, direct, args, tmp)
-        report(sides[0], sides[1] if len(sides) > 1 else None, direct)
+        litellm = next((s for s in sides if s.name.startswith("LiteLLM")), None)
+        report(sides[0], litellm, direct)
+        if args.tracing:
+            report_tracing(sides[0], sides[1], receiver)
         errors = sum(s.errors for s in sides) + direct.errors
         if errors and sides[0].errors:
             print("\nlast lines of ScaiGrid's log:\n" + "\n".join(sides[0].log.read_text().splitlines()[-20:]))

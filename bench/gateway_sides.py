@@ -123,8 +123,20 @@ def start_litellm(stack: ExitStack, upstream: str, tmp: Path) -> Side:
     return Side(f"LiteLLM {version}", f"http://127.0.0.1:{port}", MASTER_KEY, MODEL, proc.pid)
 
 
-def start_scaigrid(stack: ExitStack, upstream: str, tmp: Path) -> Side:
-    """graph.yaml as shipped plus the upstream model; a tenant and its member key made over the admin API."""
+def start_receiver(stack: ExitStack, tmp: Path) -> str:
+    """tests/otlp_receiver.py in a process of its own (decoding there, not in the GIL of this measuring one): the
+    OTLP endpoint of the traced side."""
+    port = free_port()
+    proc = start(stack, [sys.executable, str(HERE.parent / "tests" / "otlp_receiver.py"), str(port)],
+                 tmp / "otlp-receiver.log")
+    wait_http(f"http://127.0.0.1:{port}/", proc, "the OTLP receiver", 30)
+    return f"http://127.0.0.1:{port}"
+
+
+def start_scaigrid(stack: ExitStack, upstream: str, tmp: Path, name: str = "ScaiGrid",
+                   env: dict | None = None) -> Side:
+    """graph.yaml as shipped plus the upstream model; a tenant and its member key made over the admin API. `env`:
+    more environment for its processes (the traced side's OTEL_* variables)."""
     graph = yaml.safe_load(GRAPH.read_text())
     graph["functions"]["inference"]["config"]["models"].append(
         {"id": MODEL, "kind": "chat", "backend": "openai",
@@ -133,12 +145,12 @@ def start_scaigrid(stack: ExitStack, upstream: str, tmp: Path) -> Side:
     url = stack.enter_context(throwaway_database("sg_bench_gateway"))
     admin_key = bootstrap_key(url)
     process = GraphProcess(tmp / "graph.yaml", tmp, env={"SCAIGRID_DATABASE_URL": url,
-                                                         "SCAIGRID_LOG_LEVEL": "WARNING"})
+                                                         "SCAIGRID_LOG_LEVEL": "WARNING", **(env or {})})
     stack.callback(process.stop)
     process.wait_ready(timeout=300)
     with httpx.Client(base_url=process.base_url + "/api/v1", timeout=60,
                       headers={"Authorization": f"Bearer {admin_key}"}) as admin:
         tenant = expect(admin.post("/tenants", json={"name": "bench-gateway"}), 201)["id"]
         key = expect(admin.post(f"/tenants/{tenant}/keys", json={"name": "bench", "role": "member"}), 201)["key"]
-    print(f"ScaiGrid graph.yaml on {process.base_url} (log: {process.log_path})", flush=True)
-    return Side("ScaiGrid", process.base_url, key, MODEL, process.proc.pid, process.log_path)
+    print(f"{name} graph.yaml on {process.base_url} (log: {process.log_path})", flush=True)
+    return Side(name, process.base_url, key, MODEL, process.proc.pid, process.log_path)
