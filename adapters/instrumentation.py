@@ -1,7 +1,8 @@
 """Spans for the stores' clients, installed by runtime/tracing.py when tracing is on (entry point group
 `scaigrid.instrumentation`, setup.py): PostgreSQL (psycopg2, under SQLAlchemy: OpenTelemetry's SQLAlchemy
-instrumentation refuses SQLAlchemy 2.1), Redis, outgoing HTTP (urllib3: the upstreams; httpx: webhooks) with
-OpenTelemetry's own instrumentations, and Bolt (the knowledge graph) by hand, which has none.
+instrumentation refuses SQLAlchemy 2.1), Redis and webhooks (httpx) with OpenTelemetry's own instrumentations;
+Bolt (the knowledge graph) by hand, which has none, and the upstreams' HTTP too, in their adapter
+(adapters/upstream/openai_compatible.py), where urllib3's instrumentation cost too much on the hot path.
 
 URLs in spans follow the logs' rule (adapters/upstream/redact.py): scheme://host[:port] only, since an upstream's
 base URL or a webhook's query string may carry a key. Statements are SQL with placeholders and Redis commands
@@ -35,13 +36,11 @@ def instrument() -> None:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
     for store, instrumentor, options in (
             # a cursor factory on the real connection (no proxy): pgvector still registers its types on it
             ("postgres", Psycopg2Instrumentor(), {}),
             ("redis", RedisInstrumentor(), {}),
-            ("http (upstreams)", URLLib3Instrumentor(), {"url_filter": redact_url}),
             ("http (webhooks)", HTTPXClientInstrumentor(), {"request_hook": _redact_span_url})):
         instrumentor.instrument(**options)
         if not instrumentor.is_instrumented_by_opentelemetry:

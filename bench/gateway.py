@@ -282,6 +282,7 @@ def report_tracing(off: Side, on: Side, receiver: str) -> None:
     """Traces on against off, same rounds: ratios of the traced side's numbers to the untraced one's."""
     rows = [("sequential added latency, median ms", "added_median_ms", 1.2),
             ("sequential added latency, p99 ms", "added_p99_ms", None),
+            ("own x-scaigrid-overhead-ms, median", "own_overhead_header_ms", None),
             ("req/s at 32 connections", "load32.rps", None),
             ("CPU ms per request at 32", "load32.cpu_ms_per_request", None),
             ("stream TTFC overhead, median ms", "ttfc_overhead_ms", None),

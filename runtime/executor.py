@@ -97,8 +97,7 @@ class RouteRunner:
         placement = self.placement(step.function)
         if not tracing.on or placement != "inline":  # a remote step's span is its RPC call's (runtime/remote.py)
             return self._timed_step(route_name, index, step, envelope, placement)
-        with tracing.span(step.step, step.function, attributes={"scaigrid.route": route_name,
-                                                                "scaigrid.step": step.step}):
+        with tracing.span(step.step, step.function, attributes={"scaigrid.route": route_name}):
             return self._timed_step(route_name, index, step, envelope, placement)
 
     def _timed_step(self, route_name: str, index: int, step: StepSpec, envelope: dict, placement: str) -> dict:

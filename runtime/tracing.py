@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
-from typing import Iterator
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
@@ -144,17 +142,21 @@ def failed(target: Span, exc: BaseException) -> None:
         target.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
 
 
-@contextmanager
-def attached(ctx) -> Iterator[None]:
-    """Run a block under a context captured elsewhere (`captured()`): a new greenthread starts with none."""
-    if ctx is None:
-        yield
-        return
-    token = otel_context.attach(ctx)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+class attached:
+    """`with tracing.attached(ctx)`: run a block under a context captured elsewhere (`captured()`): a new
+    greenthread starts with none. With None (tracing off) it does nothing."""
+
+    __slots__ = ("context", "_token")
+
+    def __init__(self, context):
+        self.context = context
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(self.context) if self.context is not None else None
+
+    def __exit__(self, *exc) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
 
 
 def captured():
@@ -231,12 +233,12 @@ class StepSpan(DependencyProvider):
         worker_ctx.scaigrid_span = (target, otel_context.attach(trace.set_span_in_context(target)))
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
-        held = getattr(worker_ctx, "scaigrid_span", None)
+        held = getattr(worker_ctx, "scaigrid_span", None) if on else None
         if held is not None and exc_info is not None:
             failed(held[0], exc_info[1])
 
     def worker_teardown(self, worker_ctx):
-        held = getattr(worker_ctx, "scaigrid_span", None)
+        held = getattr(worker_ctx, "scaigrid_span", None) if on else None
         if held is not None:
             worker_ctx.scaigrid_span = None
             otel_context.detach(held[1])

@@ -9,7 +9,9 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,8 @@ import pytest
 
 from conftest import bootstrap_key, launch
 from otlp_receiver import OtlpReceiver
-from scaigrid.runtime.testing import SCAIGRID
+from receivers import JsonHandler
+from scaigrid.runtime.testing import SCAIGRID, throwaway_database
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = "smollm2-135m-instruct"
@@ -60,6 +63,7 @@ def product(receiver, database_url, falkordb_url, tmp_path_factory):
     graph.collection = api.post("/collections", json={"name": "vault", "knowledge_graph": True}).json()
     doc = api.post(f"/collections/{graph.collection['id']}/documents", json={"name": "heron.txt", "text": SECRET_FACT})
     assert doc.status_code == 202, doc.text
+    graph.upload_trace = doc.headers["traceparent"].split("-")[1]
     deadline = time.monotonic() + 120
     while api.get(f"/jobs/{doc.json()['job_id']}").json()["status"] not in ("succeeded", "failed"):
         assert time.monotonic() < deadline, "ingestion did not finish"
@@ -154,6 +158,26 @@ def test_the_usage_ledger_batch_links_to_the_request(product, receiver):
     assert linked <= {s.span_id for s in complete_trace(receiver, trace_id, "")}
 
 
+def test_an_ingestion_job_continues_its_upload_trace(product, receiver):
+    """The job is an after-step event of one envelope: its consumer span is a child in the upload's trace, and the
+    work it does (the embeddings, the knowledge graph's writes over Bolt) is under it."""
+    def done(spans):
+        mine = [s for s in spans if s.trace_id == product.upload_trace]
+        return any(s.service == "scaigrid-ingest" for s in mine) and parented(mine)
+    receiver.wait_for(done)
+    spans = receiver.trace(product.upload_trace)
+    assert parented(spans), [(s.service, s.name, s.span_id, s.parent_id) for s in spans]
+    job = next(s for s in spans if s.service == "scaigrid-ingest" and s.kind == "consumer")
+    assert job.name == "ingest.run" and job.attributes["scaigrid.job_id"]
+    upload = next(s for s in spans if s.span_id == job.parent_id)
+    assert (upload.service, upload.name) == ("scaigrid-gateway", "POST /api/v1/collections/<collection_id>/documents")
+    under_job = {s.span_id for s in spans if s.parent_id == job.span_id}
+    kinds = {(s.service, s.attributes.get("db.system.name") or s.attributes.get("db.system") or s.name)
+             for s in spans if s.parent_id in under_job | {job.span_id}}
+    assert ("scaigrid-ingest", "neo4j") in kinds and ("scaigrid-ingest", "postgresql") in kinds, kinds
+    assert ("scaigrid-inference", "embeddings all-minilm-l6-v2") in kinds, kinds
+
+
 def test_a_request_without_traceparent_starts_its_own_trace(product, receiver):
     r = streamed_rag_chat(product)
     _, trace_id, server_span, _ = r.headers["traceparent"].split("-")
@@ -225,3 +249,59 @@ def test_the_exporter_waits_cooperatively_for_a_slow_receiver():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["flushed"] is False  # still waiting on the silent receiver: the probe really overlapped it
     assert result["worst_gap_s"] < 0.25, result
+
+
+UPSTREAM_KEY = "sk-upstream-" + "5" * 24
+
+
+def test_an_upstream_call_is_a_client_span_that_carries_the_trace(tmp_path):
+    """The upstream hears the trace (W3C traceparent) and the span shows its URL as logs do: no path, no key."""
+    seen: list[dict] = []
+
+    class Upstream(JsonHandler):
+        def do_POST(self):
+            seen.append(dict(self.headers))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": "hello"}}],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    with OtlpReceiver() as rx, throwaway_database() as url:
+        graph = launch("traced_upstream.yaml", tmp_path, env={
+            "SCAIGRID_DATABASE_URL": url, "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+            "SCAIGRID_TEST_UPSTREAM_URL": f"http://127.0.0.1:{upstream.server_port}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        try:
+            key = tenant_key(graph.base_url, bootstrap_key(url))
+            r = httpx.post(graph.base_url + "/v1/chat/completions", timeout=30, headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "fake-upstream", "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200, r.text
+            trace_id = r.headers["traceparent"].split("-")[1]
+            spans = rx.wait_for(lambda got: any(s.trace_id == trace_id and s.name == "POST" for s in got)
+                                and parented([s for s in got if s.trace_id == trace_id]))
+        finally:
+            graph.stop()
+            upstream.shutdown()
+    spans = [s for s in spans if s.trace_id == trace_id]
+    call = next(s for s in spans if s.name == "POST")
+    assert (call.service, call.kind, call.attributes["http.response.status_code"]) == \
+        ("scaigrid-inference", "client", 200)
+    assert call.attributes["url.full"] == f"http://127.0.0.1:{upstream.server_port}"
+    assert seen[-1]["traceparent"].split("-")[1:3] == [trace_id, call.span_id]  # the upstream continues it
+    generation = next(s for s in spans if s.span_id == call.parent_id)
+    assert generation.name == "chat fake-upstream" and generation.attributes["gen_ai.provider.name"] == "openai"
+    assert generation.attributes["gen_ai.usage.output_tokens"] == 1
+    assert generation.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    for s in spans:
+        for value in map(str, s.attributes.values()):
+            assert "tenant-secret-path" not in value and UPSTREAM_KEY not in value and key not in value
+
+
+def tenant_key(base_url: str, admin_key: str) -> str:
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    tenant = httpx.post(base_url + "/api/v1/tenants", json={"name": "t"}, headers=admin, timeout=30).json()
+    return httpx.post(base_url + f"/api/v1/tenants/{tenant['id']}/keys", json={"name": "k", "role": "member"},
+                      headers=admin, timeout=30).json()["key"]

@@ -110,7 +110,7 @@ class Inference:
             envelope["response"], envelope["usage"] = answer, usage_of(answer)
             genai.done(envelope["usage"], answer.get("model"), finish_reasons(answer), answer.get("choices"))
             return envelope
-        usage, pieces, reasons = None, 0, []
+        usage, pieces = None, 0
         try:
             for chunk in self.upstreams.stream(spec, path, body):
                 if chunk.get("usage"):
@@ -118,12 +118,11 @@ class Inference:
                 if chunk.get("choices"):
                     pieces += any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk["choices"])
                     writer.send(chunk)
-                    genai.chunk()
-                    reasons += finish_reasons(chunk)
+                    genai.chunk(chunk)
         except StreamClosed:
             pass  # the client left: bill what was generated so far
         envelope["usage"] = usage_of({"usage": usage}) if usage else estimated_usage(body, pieces)
-        genai.done(envelope["usage"], spec["id"], reasons)
+        genai.done(envelope["usage"], spec["id"])
         return writer.finish()
 
     @rpc

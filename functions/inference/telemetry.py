@@ -30,6 +30,7 @@ class GenAiSpan:
         self.recording = self.span.is_recording()
         self.started = time.perf_counter()
         self.first = False
+        self.reasons: list = []  # from a stream's chunks
         if not self.recording:
             return
         self.span.update_name(f"{operation} {spec['id']}")
@@ -48,11 +49,15 @@ class GenAiSpan:
                 attributes["gen_ai.input.messages"] = _content(body.get("messages", body.get("prompt")))
         self.span.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
-    def chunk(self) -> None:
-        """A chunk with generated text went out: the first one sets the time to first chunk."""
-        if self.recording and not self.first:
+    def chunk(self, chunk: dict | None = None) -> None:
+        """A chunk went out: the first sets the time to first chunk; an upstream's chunk may say why it stopped."""
+        if not self.recording:
+            return
+        if not self.first:
             self.first = True
             self.span.set_attribute("gen_ai.response.time_to_first_chunk", time.perf_counter() - self.started)
+        if chunk is not None:
+            self.reasons += finish_reasons(chunk)
 
     def done(self, usage: dict | None, model: str | None = None, finish_reasons: list | None = None,
              output=None) -> None:
@@ -63,7 +68,7 @@ class GenAiSpan:
         attributes = {"gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
                       "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
                       "gen_ai.response.model": model,
-                      "gen_ai.response.finish_reasons": [str(r) for r in finish_reasons or () if r]}
+                      "gen_ai.response.finish_reasons": [str(r) for r in finish_reasons or self.reasons if r]}
         if output is not None and tracing.capture_content():
             attributes["gen_ai.output.messages"] = _content(output)
         self.span.set_attributes({k: v for k, v in attributes.items() if v not in (None, [])})

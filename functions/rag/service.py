@@ -267,10 +267,11 @@ class Rag(RagDependencies):
         finally:
             self._bill(envelope, spent)
         citations = citations_of(rankings, spec["top_k"])
-        tracing.current_span().set_attributes({  # ids and counts only: the query and passages are the tenant's
-            "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": [c["id"] for c in collections],
-            "scaigrid.rag.top_k": spec["top_k"], "scaigrid.rag.mode": str(spec["mode"]),
-            "scaigrid.rag.citations": len(citations)})
+        if tracing.on:  # ids and counts only: the query and the passages are the tenant's
+            tracing.current_span().set_attributes({
+                "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": [c["id"] for c in collections],
+                "scaigrid.rag.top_k": spec["top_k"], "scaigrid.rag.mode": str(spec["mode"]),
+                "scaigrid.rag.citations": len(citations)})
         if citations:
             body["messages"] = inject_context(body["messages"], citations, self._setting("max_context_chars"))
         envelope["context"].setdefault("answer_fields", {})["citations"] = citations

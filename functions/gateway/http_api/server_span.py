@@ -13,8 +13,8 @@ def open_span(request: Request):
     """(span, context token): the server span, current in this greenthread from here on."""
     span = tracing.start(request.method, "gateway", SpanKind.SERVER, parent=tracing.extract(request.headers),
                          attributes={"http.request.method": request.method, "url.path": request.path,
-                                     "url.scheme": request.scheme, "network.protocol.name": "http",
-                                     "user_agent.original": request.user_agent.string[:200]})
+                                     "url.scheme": request.scheme,
+                                     "user_agent.original": request.headers.get("User-Agent", "")[:200]})
     return span, otel_context.attach(tracing.in_span(span))
 
 
