@@ -4,8 +4,9 @@ Off unless an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPOR
 each process exports over OTLP/HTTP (protobuf; gRPC's client blocks the eventlet hub) as `scaigrid-<function>`.
 While it is off, `on` is False and every caller's one check of it is all tracing costs: no span, no header.
 
-The context crosses RabbitMQ in message headers: `nameko.traceparent` on RPC requests, one-envelope events and
-token-stream chunks (nameko hands `nameko.*` headers to a worker as its context data). A batched after-step message
+The context crosses RabbitMQ in message headers: `nameko.traceparent` on RPC requests and one-envelope events
+(nameko hands `nameko.*` headers to a worker as its context data), `traceparent` on token-stream chunks that cross
+the broker (the producing span, for a consumer of the queue; the gateway relays them). A batched after-step message
 holds envelopes of many requests, so each of those envelopes carries its own `traceparent`, and the batch's span
 links to them all (OpenTelemetry's messaging conventions: a batch is linked, not parented).
 Spans of client libraries that have no span of ours above them (a background loop's Redis call) are dropped.
@@ -23,6 +24,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from . import logs
+from .inline import INLINE_CONFIG_KEY
 
 _log = logging.getLogger("scaigrid.tracing")
 FUNCTION = "scaigrid.function"  # on every span: the function whose code it measures
@@ -32,7 +34,6 @@ TRACEPARENT = "traceparent"  # W3C's header; also the key of an after-step envel
 EXPORT_BATCH = 128  # spans per export unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE says otherwise (see configure)
 MAX_LINKS = 128  # the SDK's default limit of links on a span
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-INLINE_CONFIG_KEY = "SCAIGRID_INLINE"  # runtime/inline.py's (imported from there would be a cycle)
 
 on = False  # set once at start-up by configure(); read as `tracing.on`, never copied
 _tracer: trace.Tracer | None = None
