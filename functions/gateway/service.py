@@ -8,7 +8,6 @@ import uuid
 
 import eventlet
 from eventlet.queue import Empty
-from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Request, Response
 
@@ -19,6 +18,7 @@ from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.lifecycle import inflight
 from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
+from scaigrid.runtime.web import http
 
 from ..shared.access import require_model
 from .dependencies import HttpRoutesProvider
