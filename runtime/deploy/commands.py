@@ -102,7 +102,8 @@ def cmd_dashboard(args) -> int:
 
 def register(sub) -> None:
     """Adds `scaigrid deploy ...` and `scaigrid health`."""
-    deploy = sub.add_parser("deploy", help="generate compose, Kubernetes or systemd files, or a Grafana dashboard, from graph.yaml")
+    deploy = sub.add_parser("deploy", help="generate compose, Kubernetes or systemd files, or a Grafana dashboard, "
+                                            "from graph.yaml")
     kinds = deploy.add_subparsers(dest="deploy_cmd", required=True)
     for name, func, what in (("compose", cmd_compose, "compose.yaml (+ .env.example, graph.yaml)"),
                              ("k8s", cmd_k8s, "Kubernetes manifests with KEDA autoscaling (+ secrets.env.example)"),

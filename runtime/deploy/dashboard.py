@@ -44,15 +44,29 @@ class Row:
 
 # --- PromQL ------------------------------------------------------------------------------------------------------
 
-def _sel(**labels: str) -> str:
-    """A label selector; a value starting with '~' is a regex match (`model=~"$model"`)."""
-    return ", ".join(f'{k}=~"{v[1:]}"' if v.startswith("~") else f'{k}="{v}"' for k, v in labels.items())
+def _series(metric: str, **labels: str) -> str:
+    """A series selector; a label value starting with '~' is a regex match (`model=~"$model"`)."""
+    matchers = ", ".join(f'{k}=~"{v[1:]}"' if v.startswith("~") else f'{k}="{v}"' for k, v in labels.items())
+    return f"{metric}{{{matchers}}}" if matchers else metric
+
+
+def _by(by: tuple[str, ...]) -> str:
+    return f" by ({', '.join(by)}) " if by else ""
+
+
+def gauge(metric: str, how: str = "sum", by: tuple[str, ...] = (), **labels: str) -> str:
+    """A gauge's series aggregated (`how`: sum, max, min, count) by `by`."""
+    return f"{how}{_by(by)}({_series(metric, **labels)})"
 
 
 def rate(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
     """Per-second rate of a counter (or a histogram's `_count`), summed by `by`."""
-    grouping = f" by ({', '.join(by)})" if by else ""
-    return f"sum{grouping} (rate({metric}{{{_sel(**labels)}}}[{WINDOW}]))"
+    return f"sum{_by(by)}(rate({_series(metric, **labels)}[{WINDOW}]))"
+
+
+def increase(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
+    """What a counter grew by over the dashboard's time range, summed by `by`."""
+    return f"sum{_by(by)}(increase({_series(metric, **labels)}[$__range]))"
 
 
 def quantile(q: float, histogram: str, by: tuple[str, ...] = (), **labels: str) -> str:
@@ -73,14 +87,17 @@ UP_DOWN = ({"type": "value", "options": {"0": {"text": "down", "color": "red", "
 
 def overview_row(topology: Topology) -> Row:
     """What a glance needs: the version running, the stores, requests and errors at the door, dead letters."""
-    return Row("overview", f"Overview ({len(topology.graph.functions)} functions, {len(topology.graph.routes)} routes)", (
-        Panel("build", "Version", (("count by (version, python) (scaigrid_build_info)", "{{version}} (python {{python}})"),),
+    graph = topology.graph
+    return Row("overview", f"Overview ({len(graph.functions)} functions, {len(graph.routes)} routes)", (
+        Panel("build", "Version", ((gauge("scaigrid_build_info", "count", ("version", "python")),
+                                    "{{version}} (python {{python}})"),),
               kind="stat", description="scaigrid_build_info: processes per version"),
-        Panel("stores", "Stores", (("min by (store) (scaigrid_store_up)", "{{store}}"),), kind="stat",
+        Panel("stores", "Stores", ((gauge("scaigrid_store_up", "min", ("store",)), "{{store}}"),), kind="stat",
               mappings=UP_DOWN, description="0 as soon as any process cannot reach the store"),
         Panel("requests", "Requests", ((rate("scaigrid_request_seconds_count"), "all"),
                                        (rate("scaigrid_request_seconds_count", status="~5.."), "5xx")), unit="reqps"),
-        Panel("dead_letters", "Dead letters", (("sum by (queue) (scaigrid_dead_letters)", "{{queue}}"),), kind="stat",
+        Panel("dead_letters", "Dead letters", ((gauge("scaigrid_dead_letters", "max", ("queue",)), "{{queue}}"),),
+              kind="stat",
               description="after-step messages that failed for good: `scaigrid ledger dead-letters`, then replay"),
     ))
 
@@ -98,8 +115,8 @@ def routes_row(topology: Topology, ingress: str) -> Row:
         Panel(f"routes.{ingress}.p95_by_route", "Request p95 by route",
               ((quantile(0.95, "scaigrid_request_seconds", ("route",), route=route), "{{route}}"),), unit="s"),
         Panel(f"routes.{ingress}.steps", "Step p95 (as the route sees it)",
-              ((quantile(0.95, "scaigrid_step_seconds", ("step", "placement"), route=route), "{{step}} ({{placement}})"),),
-              unit="s", width=12),
+              ((quantile(0.95, "scaigrid_step_seconds", ("step", "placement"), route=route),
+                "{{step}} ({{placement}})"),), unit="s", width=12),
         Panel(f"routes.{ingress}.step_errors", "Step errors by code",
               ((rate("scaigrid_step_errors_total", ("step", "code"), route=route), "{{step}}: {{code}}"),),
               unit="ops", width=12),
@@ -122,28 +139,29 @@ def function_row(topology: Topology, name: str) -> Row:
         Panel(f"fn.{name}.rate", "Calls by method",
               ((rate("scaigrid_function_seconds_count", ("method",), **fn), "{{method}}"),), unit="ops"),
         Panel(f"fn.{name}.errors", "Errors by method",
-              ((rate("scaigrid_function_seconds_count", ("method",), **fn, outcome="error"), "{{method}}"),), unit="ops"),
+              ((rate("scaigrid_function_seconds_count", ("method",), **fn, outcome="error"), "{{method}}"),),
+              unit="ops"),
         Panel(f"fn.{name}.latency", "Latency", latency("scaigrid_function_seconds", **fn), unit="s"),
     ]
     if spec.replicas:
         panels.append(Panel(f"fn.{name}.saturation", "Saturation (workers busy)",
-                            ((f"sum(scaigrid_in_flight{{{_sel(**fn)}}}) / sum(scaigrid_worker_capacity{{{_sel(**fn)}}})",
+                            ((f"{gauge('scaigrid_in_flight', **fn)} / {gauge('scaigrid_worker_capacity', **fn)}",
                               "in flight / capacity"),), unit="percentunit",
                             description=f"{spec.replicas} replica(s) x pool {spec.pool}"))
     else:  # inline only: it runs in its callers' workers, which have the capacity
         panels.append(Panel(f"fn.{name}.in_flight", "In flight (in its callers' workers)",
-                            ((f"sum(scaigrid_in_flight{{{_sel(**fn)}}})", "in flight"),)))
+                            ((gauge("scaigrid_in_flight", **fn), "in flight"),)))
     unit = next((u for u in topology.units if u.name == name), None)
     queues: list[tuple[str, str]] = []
     if unit and rpc_queue(name) in unit.queues:
-        queues.append((f"sum(scaigrid_queue_depth{{{_sel(**fn)}}})", rpc_queue(name)))
+        queues.append((gauge("scaigrid_queue_depth", **fn), rpc_queue(name)))
     after = [after_queue(name, m) for m in after_methods(topology.graph, name)]
-    queues += [(f"max(scaigrid_after_queue_depth{{{_sel(queue=q)}}})", q) for q in after]
+    queues += [(gauge("scaigrid_after_queue_depth", "max", queue=q), q) for q in after]
     if queues:
         panels.append(Panel(f"fn.{name}.queues", "Queue depth", tuple(queues), width=12 if after else 24))
     if after:
         panels.append(Panel(f"fn.{name}.after_age", "Oldest unprocessed after-step", tuple(
-            (f"max(scaigrid_after_oldest_age_seconds{{{_sel(queue=q)}}})", q) for q in after), unit="s", width=12))
+            (gauge("scaigrid_after_oldest_age_seconds", "max", queue=q), q) for q in after), unit="s", width=12))
     return Row(f"fn.{name}", f"{name} ({_placement(topology, name)})", tuple(panels))
 
 
@@ -158,7 +176,7 @@ METRIC_ROWS = (
         Panel("models.tokens_per_second", "Output tokens/s per generation (p50)",
               ((quantile(0.5, "scaigrid_output_tokens_per_second", ("model",), model=MODEL), "{{model}}"),), width=8),
         Panel("models.in_flight", "Generations in flight",
-              (("sum by (model) (scaigrid_generations_in_flight{" + _sel(model=MODEL) + "})", "{{model}}"),), width=8),
+              ((gauge("scaigrid_generations_in_flight", by=("model",), model=MODEL), "{{model}}"),), width=8),
     )),
     Row("money", "Tokens and spend", (
         Panel("money.tokens", "Tokens/s by model and kind",
@@ -168,12 +186,12 @@ METRIC_ROWS = (
               width=8, description="scaigrid_spend_micros_total is in micro-units of the price list's currency"),
         Panel("money.records", "Usage records/s by model",
               ((rate("scaigrid_usage_records_total", ("model",), model=MODEL), "{{model}}"),), unit="ops", width=8),
-        Panel("money.tokens_range", "Tokens in the time range", ((
-            "sum by (model, kind) (increase(scaigrid_tokens_total{" + _sel(model=MODEL) + "}[$__range]))",
-            "{{model}} {{kind}}"),), kind="stat", width=12),
-        Panel("money.spend_range", "Spend in the time range", ((
-            "sum by (model) (increase(scaigrid_spend_micros_total{" + _sel(model=MODEL) + "}[$__range])) / 1e6",
-            "{{model}}"),), kind="stat", width=12),
+        Panel("money.tokens_range", "Tokens in the time range", (
+            (increase("scaigrid_tokens_total", ("model", "kind"), model=MODEL), "{{model}} {{kind}}"),),
+              kind="stat", width=12),
+        Panel("money.spend_range", "Spend in the time range", (
+            (increase("scaigrid_spend_micros_total", ("model",), model=MODEL) + " / 1e6", "{{model}}"),),
+              kind="stat", width=12),
     )),
 )
 
