@@ -1,6 +1,6 @@
 """The Grafana dashboard of `scaigrid deploy dashboard`: every query parses and means what its title says
-(Prometheus' own promtool), names only metrics the code defines, has one row per function of the graph it was
-generated from, and has the JSON shape Grafana imports.
+(Prometheus' own promtool), names only metrics the code defines and labels a running graph's /metrics has, has one
+row per function of the graph it was generated from, and has the JSON shape Grafana imports.
 
 There is no Grafana or Prometheus server here: the queries go through promtool, which is the Prometheus parser and
 query engine, the shape is checked against what Grafana's dashboard model needs.
@@ -15,9 +15,11 @@ import subprocess
 from itertools import combinations
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from scaigrid.runtime.deploy.dashboard import panel_id
 from scaigrid.runtime.deploy.topology import after_queue
@@ -174,6 +176,29 @@ def test_every_metric_is_defined_by_the_code(dashboards, name):
                and not (family(n) in PENDING and not {family(n), family(n).removesuffix("_total"),
                                                       family(n).removesuffix("_info")} & families.keys())}
     assert not unknown, f"queries read metrics the code does not define: {sorted(unknown)}"
+
+
+def labels_read(expr: str) -> set[str]:
+    """The label names a query matches on or groups by (`le` is the histogram's own)."""
+    grouped = {n.strip() for by in re.findall(r"\bby \(([^)]*)\)", expr) for n in by.split(",")}
+    return (grouped | set(re.findall(r"(\w+)=~?\"", expr))) - {"le", ""}
+
+
+def test_the_labels_queries_read_are_on_the_series_a_graph_exports(dashboards, mixed_graph):
+    """A running graph's /metrics after a good request and a step timeout: each label a query reads is there."""
+    assert httpx.post(mixed_graph.base_url + "/pipeline", json={"text": "hi"}, timeout=30).status_code == 200
+    assert httpx.post(mixed_graph.base_url + "/slow", json={"seconds": 3}, timeout=30).status_code == 504
+    exported: dict[str, set[str]] = {}
+    for fam in text_string_to_metric_families(httpx.get(mixed_graph.base_url + "/metrics", timeout=10).text):
+        for sample in fam.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    checked = set()
+    for where, expr in queries(dashboards["mixed"]).items():
+        for name in set(re.findall(r"\bscaigrid_\w+", expr)) & exported.keys():
+            missing = labels_read(expr) - exported[name]
+            assert not missing, f"{where}: {expr} reads {missing}, which {name} does not have"
+            checked.add(family(name))
+    assert checked >= {"scaigrid_request_seconds", "scaigrid_step_seconds", "scaigrid_step_errors_total"}
 
 
 # --- (c) one row per function of the graph -----------------------------------------------------------------------
