@@ -277,3 +277,12 @@ def test_ids_stay_when_the_graph_changes(dashboards):
     rows_y = [next(r["gridPos"]["y"] for r in b["panels"] if r["title"] == "Models") for b in (product, mixed)]
     assert rows_y[0] != rows_y[1]
     assert row_panels(product, "Models") == row_panels(mixed, "Models") != {}
+
+
+def test_a_missing_graph_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    result = subprocess.run([*SCAIGRID, "deploy", "dashboard", "--graph", str(missing)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"scaigrid: {missing}: cannot read graph file (No such file or directory); "
+                                          "pass an existing graph.yaml"]

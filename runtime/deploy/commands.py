@@ -17,6 +17,10 @@ def _load(args):
     try:
         values = load_values(values_file)
         return load_topology(args.graph, values), values
+    except OSError as exc:  # load_topology reads the file before the graph loader can say so
+        print(f"scaigrid: {args.graph}: cannot read graph file ({exc.strerror}); pass an existing graph.yaml",
+              file=sys.stderr)
+        return None, None
     except (GraphError, ValuesError) as exc:
         for line in getattr(exc, "problems", None) or str(exc).splitlines():
             print(f"scaigrid: {line}", file=sys.stderr)

@@ -59,14 +59,18 @@ def gauge(metric: str, how: str = "sum", by: tuple[str, ...] = (), **labels: str
     return f"{how}{_by(by)}({_series(metric, **labels)})"
 
 
+def _over(function: str, window: str, metric: str, by: tuple[str, ...], labels: dict[str, str]) -> str:
+    return f"sum{_by(by)}({function}({_series(metric, **labels)}[{window}]))"
+
+
 def rate(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
     """Per-second rate of a counter (or a histogram's `_count`), summed by `by`."""
-    return f"sum{_by(by)}(rate({_series(metric, **labels)}[{WINDOW}]))"
+    return _over("rate", WINDOW, metric, by, labels)
 
 
 def increase(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
     """What a counter grew by over the dashboard's time range, summed by `by`."""
-    return f"sum{_by(by)}(increase({_series(metric, **labels)}[$__range]))"
+    return _over("increase", "$__range", metric, by, labels)
 
 
 def quantile(q: float, histogram: str, by: tuple[str, ...] = (), **labels: str) -> str:
@@ -74,9 +78,9 @@ def quantile(q: float, histogram: str, by: tuple[str, ...] = (), **labels: str) 
     return f"histogram_quantile({q}, {rate(histogram + '_bucket', ('le', *by), **labels)})"
 
 
-def latency(histogram: str, by: tuple[str, ...] = (), legend: str = "", **labels: str) -> tuple[tuple[str, str], ...]:
+def latency(histogram: str, **labels: str) -> tuple[tuple[str, str], ...]:
     """p50, p95 and p99 of a histogram, one target each."""
-    return tuple((quantile(q, histogram, by, **labels), f"{legend}p{round(q * 100)}".strip()) for q in QUANTILES)
+    return tuple((quantile(q, histogram, **labels), f"p{round(q * 100)}") for q in QUANTILES)
 
 
 # --- rows from the graph -------------------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def function_row(topology: Topology, name: str) -> Row:
     return Row(f"fn.{name}", f"{name} ({_placement(topology, name)})", tuple(panels))
 
 
-# --- rows of the functions' own metrics: the engine names them only by metric ------------------------------------
+# --- rows of the functions' own metrics: to the engine, names and titles with no logic of their own ----------
 
 MODEL = "~$model"
 METRIC_ROWS = (
