@@ -256,7 +256,8 @@ def _variables(topology: Topology) -> list[dict]:
         # the routes are the graph's own: listed whether or not they have had traffic yet
         {"name": "route", "label": "Route", "type": "custom", "query": ",".join(topology.graph.routes),
          "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"},
-         "hide": 0, "options": []},
+         "hide": 0, "options": [{"text": "All", "value": "$__all", "selected": True}] + [
+             {"text": r, "value": r, "selected": False} for r in topology.graph.routes]},
         {"name": "model", "label": "Model", "type": "query", "datasource": DATASOURCE, "definition": query,
          "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
          "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"},
