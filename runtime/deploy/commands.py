@@ -18,6 +18,8 @@ def _load(args):
         values = load_values(values_file)
         return load_topology(args.graph, values), values
     except OSError as exc:  # load_topology reads the file before the graph loader can say so
+        if exc.filename != str(args.graph):
+            raise
         print(f"scaigrid: {args.graph}: cannot read graph file ({exc.strerror}); pass an existing graph.yaml",
               file=sys.stderr)
         return None, None
