@@ -67,7 +67,7 @@ def dashboards(tmp_path_factory) -> dict[str, dict]:
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:
-        reason = "promtool not found: apt-get install prometheus (.ci/run does)"
+        reason = "promtool not found: apt-get install prometheus (./dev.sh test does, as root)"
         if os.environ.get("CI") in ("true", "1"):
             pytest.fail(reason)
         pytest.skip(reason)
