@@ -9,7 +9,9 @@ import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 
+import eventlet
 from nameko.extensions import DependencyProvider
+from nameko.web.handlers import HttpRequestHandler
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -27,8 +29,7 @@ AFTER_PUBLISHED = Counter("scaigrid_after_events_total", "After-steps handed to 
 STREAMS_OPEN = Gauge("scaigrid_streams_open", "Token streams a gateway process is relaying (listener entries)",
                      ["function"], multiprocess_mode="livesum")
 FUNCTION_SECONDS = Histogram("scaigrid_function_seconds", "Time a replica spent serving one call of its function "
-                             "(RPC, event, batch or HTTP request)", ["function", "method", "outcome"],
-                             buckets=BUCKETS)
+                             "(RPC, event or batch)", ["function", "method", "outcome"], buckets=BUCKETS)
 IN_FLIGHT = Gauge("scaigrid_in_flight", "Calls the function's replicas are serving now", ["function"],
                   multiprocess_mode="livesum")
 WORKER_CAPACITY = Gauge("scaigrid_worker_capacity", "Concurrent workers the function's replicas allow (graph.yaml "
@@ -89,28 +90,42 @@ def set_build_info() -> None:
 
 
 class CallMetrics(DependencyProvider):
-    """Times every worker of the function (scaigrid_function_seconds) and counts those running (scaigrid_in_flight):
-    one histogram observe and a gauge up and down per call, nothing more on the hot path. A copy hosted inline in a
-    caller only times: its calls run in the caller's workers, whose capacity is the caller's."""
+    """Times every worker of the function (scaigrid_function_seconds: one histogram observe per call, nothing more
+    on the hot path) and counts those running: a plain counter per call, which a greenthread copies to
+    scaigrid_in_flight once a second. A copy hosted inline in a caller only times: its calls run in the caller's
+    workers, whose capacity is the caller's. HTTP requests are counted in flight but not timed here: the gateway
+    times them per route (scaigrid_request_seconds)."""
+
+    SAMPLE_EVERY_S = 1.0
 
     def setup(self):
         config = self.container.config
         self.function = config.get("SCAIGRID_FUNCTION") or self.container.service_name
         self.inline = bool(config.get(INLINE_CONFIG_KEY))
+        self.running = 0
         self._timers: dict[tuple[str, bool], object] = {}  # (method, ok) -> histogram child: bounded by methods
         if not self.inline:
-            self._in_flight = IN_FLIGHT.labels(self.function)
             WORKER_CAPACITY.labels(self.function).set(int(config.get("max_workers") or 10))
+
+    def start(self):
+        if not self.inline:
+            self.container.spawn_managed_thread(self._sample)
+
+    def _sample(self) -> None:
+        gauge = IN_FLIGHT.labels(self.function)
+        while True:
+            gauge.set(self.running)
+            eventlet.sleep(self.SAMPLE_EVERY_S)
 
     def worker_setup(self, worker_ctx):
         worker_ctx.scaigrid_started = time.perf_counter()
-        if not self.inline:
-            self._in_flight.inc()
+        self.running += 1
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         elapsed = time.perf_counter() - getattr(worker_ctx, "scaigrid_started", time.perf_counter())
-        if not self.inline:
-            self._in_flight.dec()
+        self.running -= 1
+        if isinstance(worker_ctx.entrypoint, HttpRequestHandler):
+            return
         key = (worker_ctx.entrypoint.method_name, exc_info is None)
         timer = self._timers.get(key)
         if timer is None:

@@ -50,8 +50,9 @@ class IngressValues(Strict):
 class MetricsValues(Strict):
     """Where Prometheus finds every function's /metrics (docs/observability.md)."""
 
-    port: int = Field(METRICS_PORT, ge=1, le=65535, description="the metrics port of a function without an HTTP port; on "
-                      "systemd the first of the per-unit ports (port + 100 x function's place + replica)")
+    port: int = Field(METRICS_PORT, ge=1, le=65535,
+                      description="the metrics port of a function without an HTTP port; on systemd the first of the "
+                                  "per-unit ports (port + 100 x the function's place + replica)")
     pod_monitor: bool = Field(False, description="emit a Prometheus Operator PodMonitor (needs its CRDs)")
     monitor_labels: dict[str, str] = Field(default_factory=dict, description="labels the Prometheus's "
                                            "podMonitorSelector looks for, e.g. release: prometheus")
