@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cloudcoil.models.prometheus_operator.v1 import PodMonitor
 
 from scaigrid.runtime.deploy import compose, k8s, systemd
 from scaigrid.runtime.deploy.topology import load_topology
@@ -41,7 +42,9 @@ def test_a_pod_monitor_only_when_asked_and_it_finds_both_kinds_of_port(topology)
                                                 interval="15s", port=9500))
     docs = k8s.manifests(topology, values)
     (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    # the Prometheus Operator's own model; it ignores unknown keys, so the round trip must give back what we wrote
+    parsed = PodMonitor.model_validate(monitor)
+    assert parsed.model_dump(by_alias=True, exclude_none=True, mode="json") == monitor
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http", "metrics"}
     assert {e["interval"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"15s"}
