@@ -53,8 +53,9 @@ class QueueWatch:
             for name in self.functions:
                 try:
                     _, ready, _ = channel.queue_declare(f"rpc-{name}", passive=True)
-                except conn.channel_errors:  # never declared (no RPC entrypoint, or no replica yet): no reading
+                except conn.channel_errors:  # not declared (no RPC entrypoint, or no replica yet): nothing waits
                     channel = conn.channel()
-                    continue
+                    ready = 0
+                # the first round runs before any replica starts: every series exists before the function serves
                 QUEUE_DEPTH.labels(name).set(ready)
             self._stop.wait(self.every)

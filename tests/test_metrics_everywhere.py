@@ -5,6 +5,7 @@ model and its after-step (the ledger) must show up where they happened, and only
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from scaigrid.runtime.testing import SCAIGRID, Vhost, bootstrap_key, free_port, 
 
 REPO = Path(__file__).resolve().parent.parent
 GRAPH = REPO / "graph.yaml"
+MIXED = REPO / "tests" / "graphs" / "mixed.yaml"
 CHAT = "smollm2-135m-instruct"
 
 
@@ -156,12 +158,12 @@ def test_every_function_serves_its_own_metrics_after_a_stream_and_its_ledger_rec
 
 
 def test_each_supervisor_reports_its_rpc_queue_depth(grid):
-    with_queue = [n for n in grid.functions if n != "gateway"]  # the gateway has no RPC entrypoint: no queue
-    for name in with_queue:
-        depth = until(lambda: value(grid.scrape(name), "scaigrid_queue_depth", function=name) is not None, 15)
-        assert depth, f"{name}: no scaigrid_queue_depth after 15 s (polled every 5 s)"
-        assert value(grid.scrape(name), "scaigrid_queue_depth", function=name) >= 0
-    assert value(grid.scrape("gateway"), "scaigrid_queue_depth") is None
+    """Polled before any replica starts, so every function has the series (the gateway: no RPC queue, 0)."""
+    for name in grid.functions:
+        text = grid.scrape(name)
+        assert value(text, "scaigrid_queue_depth", function=name) == 0, name  # nothing waits in an idle graph
+        shown = {dict(ls)["function"] for (n, ls), _ in samples(text).items() if n == "scaigrid_queue_depth"}
+        assert shown == {name}, f"{name}'s /metrics shows the queues of {shown}"
 
 
 def test_a_taken_metrics_port_is_one_line_and_the_function_still_runs(grid, tmp_path):
@@ -184,3 +186,62 @@ def test_a_taken_metrics_port_is_one_line_and_the_function_still_runs(grid, tmp_
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_the_queue_watch_reads_what_waits_in_a_real_queue():
+    from kombu import Connection
+
+    from scaigrid.runtime.metrics import QUEUE_DEPTH
+    from scaigrid.runtime.queue_watch import QueueWatch
+
+    vhost = Vhost()
+    said = []
+    try:
+        with Connection(vhost.uri) as conn:
+            channel = conn.channel()
+            channel.queue_declare("rpc-probe", durable=True, auto_delete=False)
+            producer = conn.Producer(channel=channel)
+            for i in range(3):
+                producer.publish({"n": i}, routing_key="rpc-probe")
+        watch = QueueWatch(vhost.uri, ["probe", "absent"], lambda *a, **kw: said.append(a), every=0.2)
+        watch.start()
+        try:
+            assert until(lambda: QUEUE_DEPTH.labels("probe")._value.get() == 3, 10)
+            assert QUEUE_DEPTH.labels("absent")._value.get() == 0  # never declared: nothing waits there
+        finally:
+            watch.stop()
+    finally:
+        vhost.delete()
+    assert not said  # the broker answered: nothing to say
+
+
+def test_a_replica_without_a_supervisor_serves_its_own_metrics(tmp_path):
+    """systemd's way (`python -m scaigrid.runtime.worker ... --metrics HOST:BASE`): replica 2 serves at BASE + 2,
+    and the live gauges an earlier run of the same unit left in its folder no longer count."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "gauge_livesum_999999.db").write_bytes(b"stale")  # a predecessor that died without a supervisor
+    base = free_port() - 2  # replica 2's port is one the system just handed out as free
+    vhost = Vhost()
+    env = {**os.environ, "SCAIGRID_AMQP_URI": vhost.uri, "PROMETHEUS_MULTIPROC_DIR": str(folder),
+           "SCAIGRID_SPOOL_DIR": str(tmp_path / "spool"), "SCAIGRID_HEARTBEAT_DIR": str(tmp_path)}
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "scaigrid.runtime.worker", "--graph", str(MIXED), "--function",
+                             "shout", "--replica", "2", "--metrics", f"127.0.0.1:{base}"], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        def scraped():
+            try:
+                return httpx.get(f"http://127.0.0.1:{base + 2}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return None
+
+        text = until(lambda: (t := scraped()) and "scaigrid_worker_capacity" in t and t, 60)
+        assert text, log.read_text()[-2000:]
+        assert value(text, "scaigrid_build_info") == 1
+        assert value(text, "scaigrid_worker_capacity", function="shout") == load_graph(MIXED).functions["shout"].pool
+        assert not (folder / "gauge_livesum_999999.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        vhost.delete()
