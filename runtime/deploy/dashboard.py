@@ -68,6 +68,12 @@ def rate(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
     return _over("rate", WINDOW, metric, by, labels)
 
 
+def failures(metric: str, by: tuple[str, ...], failed: dict[str, str], **labels: str) -> str:
+    """The rate of the calls matching `failed`, and 0 (not "no data") for each `by` group that has calls but none
+    of them failed: a quiet error panel reads as no errors."""
+    return f"{rate(metric, by, **labels, **failed)} or ({rate(metric, by, **labels)} * 0)"
+
+
 def increase(metric: str, by: tuple[str, ...] = (), **labels: str) -> str:
     """What a counter grew by over the dashboard's time range, summed by `by`."""
     return _over("increase", "$__range", metric, by, labels)
@@ -139,14 +145,25 @@ def function_row(topology: Topology, name: str) -> Row:
     """One function: calls by method and their errors and latency; saturation of its workers; its queues."""
     spec = topology.graph.functions[name]
     fn = {"function": name}
-    panels = [
-        Panel(f"fn.{name}.rate", "Calls by method",
-              ((rate("scaigrid_function_seconds_count", ("method",), **fn), "{{method}}"),), unit="ops"),
-        Panel(f"fn.{name}.errors", "Errors by method",
-              ((rate("scaigrid_function_seconds_count", ("method",), **fn, outcome="error"), "{{method}}"),),
-              unit="ops"),
-        Panel(f"fn.{name}.latency", "Latency", latency("scaigrid_function_seconds", **fn), unit="s"),
-    ]
+    unit = next((u for u in topology.units if u.name == name), None)
+    if unit is not None and unit.ingress:  # its calls are HTTP requests, which scaigrid_request_seconds times
+        panels = [
+            Panel(f"fn.{name}.rate", "Requests by status",
+                  ((rate("scaigrid_request_seconds_count", ("status",)), "{{status}}"),), unit="reqps"),
+            Panel(f"fn.{name}.errors", "Errors (5xx)",
+                  ((failures("scaigrid_request_seconds_count", (), {"status": "~5.."}), "5xx"),), unit="reqps"),
+            Panel(f"fn.{name}.latency", "Latency", latency("scaigrid_request_seconds"), unit="s"),
+        ]
+    else:
+        panels = [
+            Panel(f"fn.{name}.rate", "Calls by method",
+                  ((rate("scaigrid_function_seconds_count", ("method",), **fn), "{{method}}"),), unit="ops"),
+            Panel(f"fn.{name}.errors", "Errors by method",
+                  ((failures("scaigrid_function_seconds_count", ("method",), {"outcome": "error"}, **fn),
+                    "{{method}}"),),
+                  unit="ops"),
+            Panel(f"fn.{name}.latency", "Latency", latency("scaigrid_function_seconds", **fn), unit="s"),
+        ]
     if spec.replicas:
         panels.append(Panel(f"fn.{name}.saturation", "Saturation (workers busy)",
                             ((f"{gauge('scaigrid_in_flight', **fn)} / {gauge('scaigrid_worker_capacity', **fn)}",
@@ -155,7 +172,6 @@ def function_row(topology: Topology, name: str) -> Row:
     else:  # inline only: it runs in its callers' workers, which have the capacity
         panels.append(Panel(f"fn.{name}.in_flight", "In flight (in its callers' workers)",
                             ((gauge("scaigrid_in_flight", **fn), "in flight"),)))
-    unit = next((u for u in topology.units if u.name == name), None)
     queues: list[tuple[str, str]] = []
     if unit and rpc_queue(name) in unit.queues:
         queues.append((gauge("scaigrid_queue_depth", **fn), rpc_queue(name)))
