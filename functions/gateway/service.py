@@ -116,7 +116,8 @@ class Gateway:
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
-        """Prometheus metrics of every replica on this host (multiprocess folder), else of this process."""
+        """Prometheus metrics of every replica sharing this one's multiprocess folder (its supervisor's: every
+        function under `scaigrid up`, the gateway's own replicas in a pod), else of this process."""
         registry = metrics.host_registry()
         return Response(generate_latest(registry) if registry else generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
