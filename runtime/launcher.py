@@ -13,11 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
 from .graph import Graph
 from .graph_check import is_ingress
-from .settings import EXIT_CONFIG, EXIT_STORE_DOWN
+from .metrics import serve_metrics
+from .queue_watch import QueueWatch
+from .settings import EXIT_CONFIG, EXIT_STORE_DOWN, Settings
 
 BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # a replica that lived this long starts its restart backoff afresh
@@ -128,15 +131,34 @@ class Supervisor:
 
 
 def metrics_dir() -> None:
-    """Replicas on one host share a Prometheus multiprocess folder, so the gateway's /metrics shows them all
-    (the ledger's token and spend counters live in the accounting replicas)."""
+    """The replicas of one supervisor share a Prometheus multiprocess folder (unless the environment names one that
+    several share), which its /metrics serves: the gateway's, or the supervisor's own metrics port."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scaigrid-metrics-")
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    # prometheus_client picked its value class at import (graph loading imported it): the supervisor's own gauges
+    # (queue depths) must go to the folder too
+    values.ValueClass = values.get_value_class()
+
+
+def _serve_metrics(functions: dict[str, int], classes: dict[str, type], address: str) -> None:
+    """A supervisor of functions with no HTTP port serves their replicas' /metrics (an ingress serves its own)."""
+    if any(is_ingress(classes[name]) for name in functions):
+        return
+    where, error = serve_metrics(address)
+    if error:
+        _say("metrics port unavailable; the replicas run without their /metrics (set SCAIGRID_METRICS_ADDRESS)",
+             level="warning", address=where, error=error)
+    else:
+        _say("metrics served", address=where, path="/metrics")
 
 
 def supervise(graph: Graph, classes: dict[str, type], functions: dict[str, int], grace: float) -> int:
     metrics_dir()
+    settings = Settings()
+    _serve_metrics(functions, classes, settings.metrics_address)
+    watch = QueueWatch(settings.amqp_uri, list(functions), _say)
+    watch.start()
     sup = Supervisor(graph, classes, functions, grace)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)
@@ -145,4 +167,6 @@ def supervise(graph: Graph, classes: dict[str, type], functions: dict[str, int],
         code = sup.watch()
     finally:
         sup.stop()
+        watch.stop()
+        mark_process_dead(os.getpid())  # its queue depths (live gauges) go with it
     return code

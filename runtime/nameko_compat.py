@@ -3,6 +3,7 @@ upgrade is checked here first (tests/test_nameko_compat.py pins each behaviour t
 there, loudly, before it breaks a replica)."""
 from __future__ import annotations
 
+from nameko.containers import ContainerBeingKilled
 from nameko.messaging import QueueConsumer
 from nameko.web.server import WebServer
 
@@ -11,6 +12,12 @@ def run_worker(container, worker_ctx, handle_result) -> None:
     """Run one worker in the calling greenthread (an inline step): ServiceContainer._run_worker is what
     spawn_worker runs in a new one, with the DependencyProviders' worker_setup/result/teardown around the method."""
     container._run_worker(worker_ctx, handle_result)
+
+
+def refuse_if_killed(container) -> None:
+    """Raise as spawn_worker does for a worker asked of a container that is being killed."""
+    if container._being_killed:
+        raise ContainerBeingKilled()
 
 
 def wait_for_workers(container) -> None:

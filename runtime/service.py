@@ -11,6 +11,7 @@ from .batch import BATCH_ATTR, BatchConsumer
 
 from .dependencies import StepLog
 from .graph import Graph
+from .metrics import CallMetrics
 from .remote import SERIALIZER
 from .settings import Settings
 from .tracing import StepSpan
@@ -51,8 +52,10 @@ def _with_after_entrypoint(function: str, method: str, original):
 
 
 def build_service(graph: Graph, function: str, cls: type) -> type:
-    """A subclass named after the graph function (its queue name), with step logging and after-step consumers."""
-    attrs = {"name": function, "_scaigrid_step_log": StepLog(), "_scaigrid_step_span": StepSpan()}
+    """A subclass named after the graph function (its queue name), with step logging, call metrics and after-step
+    consumers."""
+    attrs = {"name": function, "_scaigrid_step_log": StepLog(), "_scaigrid_call_metrics": CallMetrics(),
+             "_scaigrid_step_span": StepSpan()}
     for method in after_methods(graph, function):
         attrs[method] = _with_after_entrypoint(function, method, getattr(cls, method))
     return type(cls.__name__, (cls,), attrs)

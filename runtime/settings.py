@@ -12,11 +12,15 @@ EXIT_CONFIG = 2
 # on a first start (one clear line), but restarts, with backoff, a replica that had been serving
 EXIT_STORE_DOWN = 3
 
+METRICS_PORT = 9464  # Prometheus client libraries' customary exporter port
+
 DEFAULTS = {
     "SCAIGRID_AMQP_URI": "amqp://guest:guest@127.0.0.1:5672//",
     "SCAIGRID_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/scaigrid",
     "SCAIGRID_REDIS_URL": "redis://127.0.0.1:6379/0",
     "SCAIGRID_HTTP_ADDRESS": "127.0.0.1:8000",
+    # /metrics of a function with no HTTP port, served by its supervisor (`scaigrid run`); containers set 0.0.0.0
+    "SCAIGRID_METRICS_ADDRESS": f"127.0.0.1:{METRICS_PORT}",
     "SCAIGRID_MODELS_DIR": str(Path.home() / ".cache" / "scaigrid" / "models"),
     "SCAIGRID_LOG_LEVEL": "INFO",
     "SCAIGRID_GRACE_SECONDS": "20",
@@ -43,6 +47,7 @@ class Settings:
     database_url: str = field(default_factory=lambda: env("SCAIGRID_DATABASE_URL"))
     redis_url: str = field(default_factory=lambda: env("SCAIGRID_REDIS_URL"))
     http_address: str = field(default_factory=lambda: env("SCAIGRID_HTTP_ADDRESS"))
+    metrics_address: str = field(default_factory=lambda: env("SCAIGRID_METRICS_ADDRESS"))
     models_dir: str = field(default_factory=lambda: env("SCAIGRID_MODELS_DIR"))
     log_level: str = field(default_factory=lambda: env("SCAIGRID_LOG_LEVEL"))
     grace_seconds: float = field(default_factory=lambda: float(env("SCAIGRID_GRACE_SECONDS")))

@@ -15,8 +15,9 @@ import sys  # noqa: E402
 
 from nameko.runners import ServiceRunner  # noqa: E402
 from nameko.web.server import WebServer  # noqa: E402
+from prometheus_client.multiprocess import mark_process_dead  # noqa: E402
 
-from . import logs, nameko_compat, tracing  # noqa: E402
+from . import logs, metrics, nameko_compat, tracing  # noqa: E402
 from .deploy.health import beat_forever  # noqa: E402
 from .graph import GraphError  # noqa: E402
 from .graph_check import load_checked  # noqa: E402
@@ -57,11 +58,31 @@ def _assert_green_psycopg() -> None:
         raise RuntimeError("psycopg2 is not green: eventlet.monkey_patch() must run before psycopg2 is imported")
 
 
+def _serve_own_metrics(address: str, replica: int) -> None:
+    """/metrics of a replica that no supervisor watches: what an earlier run of it left in its folder is counted,
+    but not its live gauges (a supervisor marks its dead replicas; here the replica does it for its predecessors)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        for name in os.listdir(folder):
+            pid = name.rsplit("_", 1)[-1].removesuffix(".db")
+            if name.startswith("gauge_live") and pid.isdigit() and int(pid) != os.getpid():
+                mark_process_dead(int(pid), folder)
+    where, error = metrics.serve_metrics(address, replica)
+    if error:
+        logs.log(_log, logging.WARNING, "metrics port unavailable; this replica's metrics are not served",
+                 address=where, error=error)
+    else:
+        logs.log(_log, logging.INFO, "metrics served", address=where, path="/metrics")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scaigrid-worker")
     parser.add_argument("--graph", required=True)
     parser.add_argument("--function", required=True)
     parser.add_argument("--replica", type=int, default=0)
+    parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                        help="serve this replica's /metrics at PORT + its replica index (systemd, where no supervisor "
+                             "does); its PROMETHEUS_MULTIPROC_DIR must be its own")
     args = parser.parse_args(argv)
     _assert_green_psycopg()
     nameko_compat.install()
@@ -100,6 +121,9 @@ def main(argv=None) -> int:
         # exit to this greenthread again from each greenthread that waited on the failed one)
         print(f"scaigrid: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    metrics.set_build_info()
+    if args.metrics:
+        _serve_own_metrics(args.metrics, args.replica)
     # liveness/readiness for probes (scaigrid health): a greenthread that runs proves the hub is not blocked
     eventlet.spawn(beat_forever, args.function, args.replica, settings.amqp_uri, lambda: inflight.draining)
     logs.log(_log, logging.INFO, "replica started", pool=graph.functions[args.function].pool)

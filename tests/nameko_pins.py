@@ -9,13 +9,14 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import httpx  # noqa: E402
-from nameko.containers import ServiceContainer, WorkerContext  # noqa: E402
+from nameko.containers import ContainerBeingKilled, ServiceContainer, WorkerContext  # noqa: E402
 from nameko.extensions import DependencyProvider  # noqa: E402
 from nameko.rpc import ReplyListener, rpc  # noqa: E402
 from nameko.web.handlers import http  # noqa: E402
 from nameko.web.server import WebServer  # noqa: E402
 
 from scaigrid.runtime import nameko_compat  # noqa: E402
+from scaigrid.runtime.web import http as in_place_http  # noqa: E402
 from scaigrid.runtime.testing import Vhost, free_port  # noqa: E402
 
 
@@ -52,12 +53,24 @@ class Tiny:
     def ping(self, request):
         return "pong"
 
+    @in_place_http("GET", "/in-place")
+    def in_place(self, request):
+        return f"{len(CONTAINERS[0]._worker_threads)} spawned"
+
+    @in_place_http("GET", "/in-place-fails")
+    def in_place_fails(self, request):
+        raise ValueError("no")
+
+
+CONTAINERS: list = []
+
 
 def started(vhost: Vhost) -> ServiceContainer:
     port = free_port()
     container = ServiceContainer(Tiny, {"AMQP_URI": vhost.uri, "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}"})
     container.start()
     container.port = port
+    CONTAINERS.append(container)
     return container
 
 
@@ -96,6 +109,21 @@ def pin_stop_accepting_refuses_new_connections_and_keeps_open_ones(tiny):
         except httpx.ConnectError:
             pass
         assert kept.get("/ping").text == "pong"
+
+
+def pin_in_place_http_runs_the_worker_where_the_request_was_read(tiny):
+    recorder = next(d for d in tiny.dependencies if isinstance(d, Recorder))
+    with httpx.Client(base_url=f"http://127.0.0.1:{tiny.port}") as client:
+        answer = client.get("/in-place")
+        assert (answer.status_code, answer.text) == (200, "0 spawned"), answer.text  # no worker of the pool
+        assert [kind for kind, _ in recorder.seen] == ["setup", "result"]  # the whole worker lifecycle ran
+        assert client.get("/in-place-fails").status_code == 500  # nameko's own error answer
+    tiny.kill()
+    try:
+        nameko_compat.refuse_if_killed(tiny)
+        raise AssertionError("a killed container still took a worker")
+    except ContainerBeingKilled:
+        pass
 
 
 def pin_forget_reply_drops_the_reply_event(tiny):

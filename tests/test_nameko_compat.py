@@ -43,7 +43,8 @@ def test_the_corrected_ack_does_not_raise(delivered):
 PINS = ["run_worker_runs_the_method_in_the_calling_greenthread_with_the_lifecycle",
         "wait_for_workers_waits_for_a_spawned_worker",
         "stop_accepting_refuses_new_connections_and_keeps_open_ones",
-        "forget_reply_drops_the_reply_event"]
+        "forget_reply_drops_the_reply_event",
+        "in_place_http_runs_the_worker_where_the_request_was_read"]
 
 
 @pytest.mark.parametrize("pin", PINS)

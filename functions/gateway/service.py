@@ -8,7 +8,6 @@ import uuid
 
 import eventlet
 from eventlet.queue import Empty
-from nameko.web.handlers import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Request, Response
 
@@ -19,6 +18,7 @@ from scaigrid.runtime.executor import Executor
 from scaigrid.runtime.lifecycle import inflight
 from scaigrid.runtime.logs import bind, log
 from scaigrid.runtime.streams import ChunkListener
+from scaigrid.runtime.web import http
 
 from ..shared.access import require_model
 from .dependencies import HttpRoutesProvider
@@ -117,7 +117,8 @@ class Gateway:
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
-        """Prometheus metrics of every replica on this host (multiprocess folder), else of this process."""
+        """Prometheus metrics of every replica sharing this one's multiprocess folder (its supervisor's: every
+        function under `scaigrid up`, the gateway's own replicas in a pod), else of this process."""
         registry = metrics.host_registry()
         return Response(generate_latest(registry) if registry else generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 

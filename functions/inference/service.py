@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 from nameko.rpc import rpc
-from prometheus_client import Gauge
 
 from scaigrid.adapters.local_models import LOCAL_BACKENDS, LocalModelProvider
 from scaigrid.adapters.upstream.openai_compatible import estimated_usage, usage_of
@@ -21,12 +20,10 @@ from scaigrid.runtime.streams import ChunkSender, StreamClosed
 
 from ..shared.params import request_params
 from .dependencies import UpstreamProvider
+from .generation_metrics import GENERATIONS, GenerationClock
 from .telemetry import GenAiSpan, finish_reasons
 
 STARTED = int(time.time())
-# livesum: the gateway's /metrics adds up every replica of the host (multiprocess folder); a model id label only
-GENERATIONS = Gauge("scaigrid_generations_in_flight", "Chat and completion generations running, by model",
-                    ["model"], multiprocess_mode="livesum")
 LOCAL_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
                      "top_logprobs", "logit_bias")
 
@@ -94,16 +91,19 @@ class Inference:
         if self._handed_on(spec):
             return self.replicas.call("chat" if path == "/chat/completions" else "completions", envelope,
                                       request_id=envelope["id"])
+        clock = GenerationClock(spec["id"])
         with GENERATIONS.labels(spec["id"]).track_inprogress():
-            return self._generate_with(spec, envelope, path)
+            envelope = self._generate_with(spec, envelope, path, clock)
+        clock.done(int((envelope.get("usage") or {}).get("completion_tokens") or 0))
+        return envelope
 
-    def _generate_with(self, spec: dict, envelope: dict, path: str) -> dict:
+    def _generate_with(self, spec: dict, envelope: dict, path: str, clock: GenerationClock) -> dict:
         body = envelope["request"]["body"]
         envelope["context"]["created"] = int(time.time())
         genai = GenAiSpan(spec, envelope, "chat" if path == "/chat/completions" else "text_completion")
         if spec.get("backend") in LOCAL_BACKENDS:
             self._refuse_unsupported(spec, envelope["request"])
-            return self._local(envelope, spec, path == "/chat/completions", genai)
+            return self._local(envelope, spec, path == "/chat/completions", clock, genai)
         writer = self.stream.open(envelope)
         if writer is None:
             answer = self.upstreams.call(spec, path, body)
@@ -116,13 +116,16 @@ class Inference:
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 if chunk.get("choices"):
-                    pieces += any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk["choices"])
+                    content = any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk["choices"])
+                    if content:
+                        clock.first_token()
+                        pieces += 1
                     writer.send(chunk)
                     genai.chunk(chunk)
         except StreamClosed:
             pass  # the client left: bill what was generated so far
         envelope["usage"] = usage_of({"usage": usage}) if usage else estimated_usage(body, pieces)
-        genai.done(envelope["usage"], spec["id"])
+        genai.done(envelope["usage"], spec["id"], first_s=clock.first_s)
         return writer.finish()
 
     @rpc
@@ -187,7 +190,7 @@ class Inference:
         return {"model": spec["id"], "dimensions": int(dimensions),
                 "max_tokens": int(spec.get("context_length") or 8191), "tokenizer": None}
 
-    def _local(self, envelope: dict, spec: dict, chat: bool, genai: GenAiSpan) -> dict:
+    def _local(self, envelope: dict, spec: dict, chat: bool, clock: GenerationClock, genai: GenAiSpan) -> dict:
         """A local model: OpenAI's answer or chunks, exact token counts, generation stopped when the client leaves."""
         body, params = envelope["request"]["body"], request_params(envelope["request"])
         prompt = body["messages"] if chat else body["prompt"]
@@ -215,8 +218,8 @@ class Inference:
                 if chat:
                     writer.send(_chunk(rid, created, spec["id"], {"role": "assistant", "content": ""}, None, chat))
                 for delta in deltas:
+                    clock.first_token()
                     writer.send(_chunk(rid, created, spec["id"], {"content": delta} if chat else delta, None, chat))
-                    genai.chunk()
                 writer.send(_chunk(rid, created, spec["id"], {} if chat else "", deltas.generation.finish_reason,
                                    chat))
             except StreamClosed:
@@ -226,7 +229,7 @@ class Inference:
                  "completion_tokens": generation.usage.completion_tokens,
                  "total_tokens": generation.usage.total_tokens}
         envelope["usage"] = usage
-        genai.done(usage, spec["id"], [generation.finish_reason], text)
+        genai.done(usage, spec["id"], [generation.finish_reason], text, clock.first_s)
         if writer is not None:
             return writer.finish()
         choice = ({"index": 0, "message": {"role": "assistant", "content": text},

@@ -1,5 +1,6 @@
 """GenAI attributes on the span of an inference step (OpenTelemetry's GenAI semantic conventions): what was asked
-of which model, what it answered with, how many tokens, and the time to the first chunk of a stream.
+of which model, what it answered with, how many tokens, and the time to the first chunk of a stream (the generation metrics'
+clock's, generation_metrics.py: one measure for both).
 
 Prompts and completions are the tenants' data: they go into a span only when
 `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (docs/observability.md).
@@ -7,7 +8,6 @@ Prompts and completions are the tenants' data: they go into a span only when
 from __future__ import annotations
 
 import json
-import time
 
 from scaigrid.runtime import tracing
 
@@ -28,8 +28,6 @@ class GenAiSpan:
     def __init__(self, spec: dict, envelope: dict | None, operation: str):
         self.span = tracing.current_span()
         self.recording = self.span.is_recording()
-        self.started = time.perf_counter()
-        self.first = False
         self.reasons: list = []  # from a stream's chunks
         if not self.recording:
             return
@@ -49,25 +47,21 @@ class GenAiSpan:
                 attributes["gen_ai.input.messages"] = _content(body.get("messages", body.get("prompt")))
         self.span.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
-    def chunk(self, chunk: dict | None = None) -> None:
-        """A chunk went out: the first sets the time to first chunk; an upstream's chunk may say why it stopped."""
-        if not self.recording:
-            return
-        if not self.first:
-            self.first = True
-            self.span.set_attribute("gen_ai.response.time_to_first_chunk", time.perf_counter() - self.started)
-        if chunk is not None:
+    def chunk(self, chunk: dict) -> None:
+        """An upstream's chunk went out: it may say why the generation stopped."""
+        if self.recording:
             self.reasons += finish_reasons(chunk)
 
     def done(self, usage: dict | None, model: str | None = None, finish_reasons: list | None = None,
-             output=None) -> None:
-        """What came back: token counts, the model that answered, why it stopped (and the text, if allowed)."""
+             output=None, first_s: float | None = None) -> None:
+        """What came back: token counts, the model that answered, why it stopped, the seconds to a stream's first
+        content (`first_s`, the generation metrics' clock), and the text if allowed."""
         if not self.recording:
             return
         usage = usage or {}
         attributes = {"gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
                       "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
-                      "gen_ai.response.model": model,
+                      "gen_ai.response.model": model, "gen_ai.response.time_to_first_chunk": first_s,
                       "gen_ai.response.finish_reasons": [str(r) for r in finish_reasons or self.reasons if r]}
         if output is not None and tracing.capture_content():
             attributes["gen_ai.output.messages"] = _content(output)

@@ -1,4 +1,4 @@
-"""`scaigrid deploy compose|k8s|systemd` and `scaigrid health`: generators and the probe, as CLI commands."""
+"""`scaigrid deploy compose|k8s|systemd|dashboard` and `scaigrid health`: generators and the probe, as CLI commands."""
 from __future__ import annotations
 
 import sys
@@ -13,10 +13,16 @@ def _load(args):
     from .topology import load_topology
     from .values import ValuesError, default_values_file, load_values
 
-    values_file = args.values or default_values_file(Path(args.graph))
+    values_file = getattr(args, "values", None) or default_values_file(Path(args.graph))
     try:
         values = load_values(values_file)
         return load_topology(args.graph, values), values
+    except OSError as exc:  # load_topology reads the file before the graph loader can say so
+        if exc.filename != str(args.graph):
+            raise
+        print(f"scaigrid: {args.graph}: cannot read graph file ({exc.strerror}); pass an existing graph.yaml",
+              file=sys.stderr)
+        return None, None
     except (GraphError, ValuesError) as exc:
         for line in getattr(exc, "problems", None) or str(exc).splitlines():
             print(f"scaigrid: {line}", file=sys.stderr)
@@ -85,9 +91,25 @@ def cmd_systemd(args) -> int:
     return _write(args.out, files, "")
 
 
+def cmd_dashboard(args) -> int:
+    from .dashboard import dashboard_json
+
+    topology, _ = _load(args)
+    if topology is None:
+        return EXIT_CONFIG
+    text = dashboard_json(topology)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: import it in Grafana (Dashboards > New > Import)", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     """Adds `scaigrid deploy ...` and `scaigrid health`."""
-    deploy = sub.add_parser("deploy", help="generate compose, Kubernetes or systemd files from graph.yaml")
+    deploy = sub.add_parser("deploy", help="generate compose, Kubernetes or systemd files, or a Grafana dashboard, "
+                                            "from graph.yaml")
     kinds = deploy.add_subparsers(dest="deploy_cmd", required=True)
     for name, func, what in (("compose", cmd_compose, "compose.yaml (+ .env.example, graph.yaml)"),
                              ("k8s", cmd_k8s, "Kubernetes manifests with KEDA autoscaling (+ secrets.env.example)"),
@@ -100,6 +122,10 @@ def register(sub) -> None:
         if name == "systemd":
             p.add_argument("--prefix", default="/opt/scaigrid/venv", help="the virtualenv ScaiGrid is installed in")
         p.set_defaults(func=func)
+    p = kinds.add_parser("dashboard", help="a Grafana dashboard (JSON): one row per function, routes, models, spend")
+    p.add_argument("--graph", default=None, help="graph file (default: as `scaigrid up`)")
+    p.add_argument("-o", "--out", default="-", help="file to write, or - for stdout (default)")
+    p.set_defaults(func=cmd_dashboard)
     p = sub.add_parser("health", help="probe this host's replicas by their heartbeats (exit 0 healthy, 1 not)")
     health.add_arguments(p)
     p.set_defaults(func=health.run)

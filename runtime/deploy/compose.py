@@ -130,8 +130,13 @@ def function_service(unit: Unit, values: DeployValues, migrate: bool) -> dict:
         "stop_grace_period": f"{values.grace_seconds + 15}s",
         "deploy": {"replicas": 1 if unit.ingress else unit.replicas},
     }
-    if unit.ingress:
+    if unit.ingress:  # its /metrics is on this port: the container's processes
         svc["ports"] = [f"${{SCAIGRID_PORT:-8000}}:{unit.port}"]
+    else:  # its supervisor serves /metrics on the compose network (no host port: Prometheus runs beside it)
+        svc["expose"] = [str(values.metrics.port)]
+        svc["environment"]["SCAIGRID_METRICS_ADDRESS"] = f"0.0.0.0:{values.metrics.port}"
+    # for Prometheus's docker_sd_configs relabelling (docs/observability.md)
+    svc["labels"] = values.metrics.scrape(unit.port if unit.ingress else values.metrics.port)
     if unit.values.models:
         svc["volumes"].append(f"models:{MODELS_DIR}")
     if unit.values.gpu:

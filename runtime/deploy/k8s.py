@@ -84,10 +84,13 @@ def _container(unit: Unit, values: DeployValues) -> dict:
                          {"name": "spool", "mountPath": SPOOL_DIR}],
         **_probes(unit),
     }
-    if unit.ingress:
+    if unit.ingress:  # its /metrics is on this port
         container["ports"] = [{"name": "http", "containerPort": unit.port, "protocol": "TCP"}]
         # the Service drops the pod a moment after SIGTERM; keep accepting until it has
         container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    else:  # no HTTP port: its supervisor serves the pod's /metrics here
+        container["ports"] = [{"name": "metrics", "containerPort": values.metrics.port, "protocol": "TCP"}]
+        container["env"].append({"name": "SCAIGRID_METRICS_ADDRESS", "value": f"0.0.0.0:{values.metrics.port}"})
     if unit.values.models:
         container["volumeMounts"].append({"name": "models", "mountPath": MODELS_DIR})
     return container
@@ -116,12 +119,25 @@ def _pod_spec(unit: Unit, values: DeployValues) -> dict:
     return spec
 
 
-def _pod_annotations(unit: Unit, topology: Topology) -> dict:
-    out = {"scaigrid.io/graph-sha256": topology.graph_digest}  # a changed graph.yaml rolls the pods
-    if unit.ingress:  # /metrics: the replicas of the pod (multiprocess), for annotation-based Prometheus scraping
-        out.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(unit.port),
-                    "prometheus.io/path": "/metrics"})
-    return out
+def _pod_annotations(unit: Unit, topology: Topology, values: DeployValues) -> dict:
+    """The graph's digest (a changed graph.yaml rolls the pods) and where annotation-based Prometheus scraping finds
+    the pod's /metrics: every process of the pod (multiprocess folder), on the HTTP port or the metrics port."""
+    return {"scaigrid.io/graph-sha256": topology.graph_digest,
+            **values.metrics.scrape(unit.port if unit.ingress else values.metrics.port)}
+
+
+def pod_monitor(values: DeployValues) -> dict:
+    """One Prometheus Operator PodMonitor for every function's pods: a port named `http` (the gateway) or
+    `metrics` (the rest). A PodMonitor, not a ServiceMonitor: only HTTP functions have a Service."""
+    metadata = meta("scaigrid", values, "metrics")
+    metadata["labels"] = {**metadata["labels"], **values.metrics.monitor_labels}
+    endpoints = [{"port": port, "path": "/metrics", "interval": values.metrics.interval}
+                 for port in ("http", "metrics")]
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": metadata,
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "scaigrid",
+                                                  "app.kubernetes.io/part-of": "scaigrid"}},
+                     "namespaceSelector": {"matchNames": [values.namespace]},
+                     "podMetricsEndpoints": endpoints}}
 
 
 def deployment(unit: Unit, topology: Topology, values: DeployValues) -> dict:
@@ -137,7 +153,7 @@ def deployment(unit: Unit, topology: Topology, values: DeployValues) -> dict:
             "selector": {"matchLabels": selector(unit.name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
             "template": {
-                "metadata": {"labels": labels(unit.name), "annotations": _pod_annotations(unit, topology)},
+                "metadata": {"labels": labels(unit.name), "annotations": _pod_annotations(unit, topology, values)},
                 "spec": _pod_spec(unit, values),
             },
         },
@@ -220,6 +236,8 @@ def manifests(topology: Topology, values: DeployValues) -> list[dict]:
             objs += [service(unit, values), ingress(unit, values)]
     if values.keda:
         objs += keda_objects(topology, values)
+    if values.metrics.pod_monitor:
+        objs.append(pod_monitor(values))
     return objs
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..settings import METRICS_PORT
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -45,6 +47,23 @@ class IngressValues(Strict):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+class MetricsValues(Strict):
+    """Where Prometheus finds every function's /metrics (docs/observability.md)."""
+
+    port: int = Field(METRICS_PORT, ge=1, le=65535,
+                      description="the metrics port of a function without an HTTP port; on systemd the first of the "
+                                  "per-unit ports (port + 100 x the function's place + replica)")
+    pod_monitor: bool = Field(False, description="emit a Prometheus Operator PodMonitor (needs its CRDs)")
+    monitor_labels: dict[str, str] = Field(default_factory=dict, description="labels the Prometheus's "
+                                           "podMonitorSelector looks for, e.g. release: prometheus")
+    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m)$", description="PodMonitor scrape interval")
+
+    @staticmethod
+    def scrape(port: int) -> dict[str, str]:
+        """prometheus.io/* annotations (Kubernetes) or labels (compose): where a function's /metrics is."""
+        return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 class DeployValues(Strict):
     """Everything the generators need beyond graph.yaml; every field has a working default."""
 
@@ -64,6 +83,7 @@ class DeployValues(Strict):
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         description="taints GPU node pools carry")
     ingress: IngressValues = Field(default_factory=IngressValues)
+    metrics: MetricsValues = Field(default_factory=MetricsValues)
     defaults: FunctionValues = Field(default_factory=FunctionValues)
     functions: dict[str, FunctionValues] = Field(default_factory=dict)
 
