@@ -254,8 +254,11 @@ def test_the_exporter_waits_cooperatively_for_a_slow_receiver():
 UPSTREAM_KEY = "sk-upstream-" + "5" * 24
 
 
-def test_an_upstream_call_is_a_client_span_that_carries_the_trace(tmp_path):
-    """The upstream hears the trace (W3C traceparent) and the span shows its URL as logs do: no path, no key."""
+@pytest.mark.parametrize("capture", [False, True], ids=["default", "content-captured"])
+def test_an_upstream_call_is_a_client_span_that_carries_the_trace(tmp_path, capture):
+    """The upstream hears the trace (W3C traceparent) and the span shows its URL as logs do: no path, no key. The
+    prompt and the completion are in the generation's span only when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT
+    says so."""
     seen: list[dict] = []
 
     class Upstream(JsonHandler):
@@ -273,11 +276,13 @@ def test_an_upstream_call_is_a_client_span_that_carries_the_trace(tmp_path):
         graph = launch("traced_upstream.yaml", tmp_path, env={
             "SCAIGRID_DATABASE_URL": url, "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
             "SCAIGRID_TEST_UPSTREAM_URL": f"http://127.0.0.1:{upstream.server_port}",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"} if capture else {})})
         try:
             key = tenant_key(graph.base_url, bootstrap_key(url))
-            r = httpx.post(graph.base_url + "/v1/chat/completions", timeout=30, headers={"Authorization": f"Bearer {key}"},
-                           json={"model": "fake-upstream", "messages": [{"role": "user", "content": "Hi"}]})
+            r = httpx.post(graph.base_url + "/v1/chat/completions", timeout=30,
+                           headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "fake-upstream", "messages": [{"role": "user", "content": "Hi there"}]})
             assert r.status_code == 200, r.text
             trace_id = r.headers["traceparent"].split("-")[1]
             spans = rx.wait_for(lambda got: any(s.trace_id == trace_id and s.name == "POST" for s in got)
@@ -295,6 +300,12 @@ def test_an_upstream_call_is_a_client_span_that_carries_the_trace(tmp_path):
     assert generation.name == "chat fake-upstream" and generation.attributes["gen_ai.provider.name"] == "openai"
     assert generation.attributes["gen_ai.usage.output_tokens"] == 1
     assert generation.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    texts = " ".join(str(v) for s in spans for v in s.attributes.values())
+    if capture:
+        assert "Hi there" in str(generation.attributes["gen_ai.input.messages"])
+        assert "hello" in str(generation.attributes["gen_ai.output.messages"])
+    else:
+        assert "Hi there" not in texts and "hello" not in texts  # the tenants' text stays out by default
     for s in spans:
         for value in map(str, s.attributes.values()):
             assert "tenant-secret-path" not in value and UPSTREAM_KEY not in value and key not in value

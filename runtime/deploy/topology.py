@@ -36,6 +36,7 @@ def container_settings(values: DeployValues) -> dict[str, str]:
         "SCAIGRID_HEARTBEAT_DIR": "/tmp/scaigrid-heartbeat",  # noqa: S108  (the pod's own emptyDir)
         "SCAIGRID_GRACE_SECONDS": str(values.grace_seconds),
         "SCAIGRID_LOG_LEVEL": values.log_level,
+        **values.otel,  # tracing's standard variables (each process names itself: OTEL_SERVICE_NAME is not needed)
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..settings import METRICS_PORT
 
@@ -84,8 +84,18 @@ class DeployValues(Strict):
         description="taints GPU node pools carry")
     ingress: IngressValues = Field(default_factory=IngressValues)
     metrics: MetricsValues = Field(default_factory=MetricsValues)
+    otel: dict[str, str] = Field(default_factory=dict, description="OTEL_* variables for every function container, "
+                                 "e.g. OTEL_EXPORTER_OTLP_ENDPOINT: tracing (docs/observability.md)")
     defaults: FunctionValues = Field(default_factory=FunctionValues)
     functions: dict[str, FunctionValues] = Field(default_factory=dict)
+
+    @field_validator("otel")
+    @classmethod
+    def _only_otel(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = sorted(k for k in value if not k.startswith("OTEL_"))
+        if wrong:  # the function containers' other settings come from their own fields and the Secret
+            raise ValueError(f"otel: only OTEL_* variables belong here, not {', '.join(wrong)}")
+        return value
 
     def for_function(self, name: str) -> FunctionValues:
         """`defaults` with `functions[name]` laid over it, nested fields merged one by one."""

@@ -89,3 +89,16 @@ def test_systemd_ports_follow_the_values_port(topology):
     text = systemd.units(topology, DeployValues(metrics=MetricsValues(port=19000)))
     first = topology.units[0].name
     assert "--metrics 0.0.0.0:19000" in text[f"scaigrid-{first}@.service"]
+
+
+def test_otel_variables_reach_every_function_container_and_nothing_else_passes_as_one(topology):
+    values = DeployValues(otel={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318"})
+    (env_map,) = [m for m in k8s.manifests(topology, values) if m["kind"] == "ConfigMap" and
+                  "SCAIGRID_LOG_LEVEL" in m.get("data", {})]
+    assert env_map["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    services = compose.compose(topology, values)["services"]
+    functions = [services[n] for n in services if n.replace("-", "_") in {u.name for u in topology.units}]
+    assert functions and all(s["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+                             for s in functions)
+    with pytest.raises(ValueError, match="only OTEL_"):
+        DeployValues(otel={"SCAIGRID_DATABASE_URL": "postgresql://x"})
