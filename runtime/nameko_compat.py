@@ -3,15 +3,38 @@ upgrade is checked here first (tests/test_nameko_compat.py pins each behaviour t
 there, loudly, before it breaks a replica)."""
 from __future__ import annotations
 
+import logging
+import sys
+
 from nameko.containers import ContainerBeingKilled
 from nameko.messaging import QueueConsumer
 from nameko.web.server import WebServer
 
+_nameko_log = logging.getLogger("nameko.containers")  # where nameko's own worker errors are logged
+
 
 def run_worker(container, worker_ctx, handle_result) -> None:
-    """Run one worker in the calling greenthread (an inline step): ServiceContainer._run_worker is what
-    spawn_worker runs in a new one, with the DependencyProviders' worker_setup/result/teardown around the method."""
-    container._run_worker(worker_ctx, handle_result)
+    """Run one worker in the calling greenthread (an inline step, an HTTP request): what ServiceContainer._run_worker
+    does in the greenthread spawn_worker makes, the DependencyProviders' worker_setup/result/teardown around the
+    method, less its debug bookkeeping: four timing context managers and a call-id stack (a uuid4) built for a debug
+    line even when debug is off, 12.8 of its 14 us per worker (a gateway request runs 5-7 workers)."""
+    container._inject_dependencies(worker_ctx)
+    container._worker_setup(worker_ctx)
+    result = exc_info = None
+    entrypoint = worker_ctx.entrypoint
+    try:
+        result = getattr(worker_ctx.service, entrypoint.method_name)(*worker_ctx.args, **worker_ctx.kwargs)
+    except Exception as exc:  # logged as nameko logs it
+        if isinstance(exc, entrypoint.expected_exceptions):
+            _nameko_log.warning("(expected) error handling worker %s: %s", worker_ctx, exc, exc_info=True)
+        else:
+            _nameko_log.exception("error handling worker %s: %s", worker_ctx, exc)
+        exc_info = sys.exc_info()
+    if handle_result is not None:
+        result, exc_info = handle_result(worker_ctx, result, exc_info)
+    container._worker_result(worker_ctx, result, exc_info)
+    del exc_info  # breaks the frame cycle now rather than at a collection (as nameko does)
+    container._worker_teardown(worker_ctx)
 
 
 def refuse_if_killed(container) -> None:

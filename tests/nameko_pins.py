@@ -45,6 +45,10 @@ class Tiny:
         return 2 * x
 
     @rpc
+    def fails(self):
+        raise ValueError("no")
+
+    @rpc
     def slow(self, seconds):
         eventlet.sleep(seconds)
         return "done"
@@ -86,6 +90,11 @@ def pin_run_worker_runs_the_method_in_the_calling_greenthread_with_the_lifecycle
     recorder = next(d for d in tiny.dependencies if isinstance(d, Recorder))
     assert results == [42]
     assert recorder.seen == [("setup", eventlet.getcurrent()), ("result", 42)]
+    failures = []
+    ctx = WorkerContext(tiny, Tiny(), _entrypoint(tiny, "fails"), (), {})
+    nameko_compat.run_worker(tiny, ctx, lambda worker_ctx, result, exc_info: failures.append(exc_info) or
+                             (result, exc_info))
+    assert failures[0][0] is ValueError and recorder.seen[-1] == ("result", None)  # raised, handed on, not thrown
 
 
 def pin_wait_for_workers_waits_for_a_spawned_worker(tiny):
