@@ -124,17 +124,19 @@ def one_request(client: httpx.Client, side: Side):
 def one_stream(client: httpx.Client, side: Side):
     """(ms to the first content chunk, ms to [DONE]); a broken stream (not 200, an error event, not CHUNKS
     content chunks, no usage, no [DONE]) is an error."""
-    started, first, pieces, usage = time.perf_counter(), None, 0, False
+    started, first, pieces, usage, done = time.perf_counter(), None, 0, False, None
     try:
         with client.stream("POST", "/v1/chat/completions", json=side.body(True)) as r:
             if r.status_code != 200:
                 raise Failed(r.status_code, r.read().decode(errors="replace"))
+            # read to the body's end, as the OpenAI SDK does after [DONE]: a response left unread closes its
+            # connection, and every stream then paid a new TCP connection to each side
             for line in r.iter_lines():
-                if not line.startswith("data: "):
+                if not line.startswith("data: ") or done is not None:
                     continue
                 if line == "data: [DONE]":
                     done = time.perf_counter()
-                    break
+                    continue
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     raise Failed("stream", line)
@@ -142,7 +144,7 @@ def one_stream(client: httpx.Client, side: Side):
                 if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
                     pieces += 1
                     first = first or time.perf_counter()
-            else:
+            if done is None:
                 raise Failed("stream", "closed without [DONE]")
         if pieces != CHUNKS or not usage:
             raise Failed("stream", f"{pieces} content chunks, usage {'seen' if usage else 'missing'}")

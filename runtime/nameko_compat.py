@@ -4,6 +4,7 @@ there, loudly, before it breaks a replica)."""
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 
 from nameko.containers import ContainerBeingKilled
@@ -81,6 +82,21 @@ def _quietly(settle):
     return settle_unless_gone
 
 
+_process_request = WebServer.process_request
+
+
+def _without_nagle(self, sock, address):
+    """nameko's web server leaves Nagle's algorithm on (uvicorn and asyncio servers turn it off): a stream's chunks
+    are small writes, and on a kept-alive connection each one after the first waited for the client's delayed ACK,
+    ~40 ms ([DONE] +47 ms in bench/gateway.py once it read streams to their end as the OpenAI SDK does; a fresh
+    connection hid it, Linux acknowledging at once while a connection is young)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # the client is gone already: the request fails as it would have
+        pass
+    return _process_request(self, sock, address)
+
+
 def install() -> None:
     """Idempotent: replicas call it at start (runtime/worker.py)."""
     if getattr(QueueConsumer.ack_message, "__wrapped_by_scaigrid__", False):
@@ -89,3 +105,4 @@ def install() -> None:
         patched = _quietly(original)
         patched.__wrapped_by_scaigrid__ = True
         setattr(QueueConsumer, name, patched)
+    WebServer.process_request = _without_nagle

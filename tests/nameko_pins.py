@@ -5,6 +5,7 @@ import eventlet
 
 eventlet.monkey_patch()
 
+import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -60,6 +61,11 @@ class Tiny:
     @in_place_http("GET", "/in-place")
     def in_place(self, request):
         return f"{len(CONTAINERS[0]._worker_threads)} spawned"
+
+    @in_place_http("GET", "/no-delay")
+    def no_delay(self, request):
+        connection = request.environ["eventlet.input"]._sock  # the accepted socket, as eventlet's wsgi keeps it
+        return str(connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @in_place_http("GET", "/in-place-fails")
     def in_place_fails(self, request):
@@ -133,6 +139,14 @@ def pin_in_place_http_runs_the_worker_where_the_request_was_read(tiny):
         raise AssertionError("a killed container still took a worker")
     except ContainerBeingKilled:
         pass
+
+
+def pin_install_turns_nagle_off_on_web_connections(tiny):
+    with httpx.Client(base_url=f"http://127.0.0.1:{tiny.port}") as client:
+        assert client.get("/no-delay").text == "0"  # nameko alone: Nagle's algorithm on
+    nameko_compat.install()
+    with httpx.Client(base_url=f"http://127.0.0.1:{tiny.port}") as client:
+        assert client.get("/no-delay").text != "0"  # a new connection, after install: off
 
 
 def pin_forget_reply_drops_the_reply_event(tiny):

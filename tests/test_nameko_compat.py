@@ -44,7 +44,8 @@ PINS = ["run_worker_runs_the_method_in_the_calling_greenthread_with_the_lifecycl
         "wait_for_workers_waits_for_a_spawned_worker",
         "stop_accepting_refuses_new_connections_and_keeps_open_ones",
         "forget_reply_drops_the_reply_event",
-        "in_place_http_runs_the_worker_where_the_request_was_read"]
+        "in_place_http_runs_the_worker_where_the_request_was_read",
+        "install_turns_nagle_off_on_web_connections"]
 
 
 @pytest.mark.parametrize("pin", PINS)
