@@ -88,7 +88,7 @@ _process_request = WebServer.process_request
 def _without_nagle(self, sock, address):
     """nameko's web server leaves Nagle's algorithm on (uvicorn and asyncio servers turn it off): a stream's chunks
     are small writes, and on a kept-alive connection each one after the first waited for the client's delayed ACK,
-    ~40 ms ([DONE] +47 ms in bench/gateway.py once it read streams to their end as the OpenAI SDK does; a fresh
+    ~40 ms ([DONE] +47 ms in bench/gateway.py once it read streams to their end as SDK clients do; a fresh
     connection hid it, Linux acknowledging at once while a connection is young)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
