@@ -226,25 +226,31 @@ class Gateway:
             item, received, expected, finished, done = first, 0, None, False, None
             try:
                 while True:
-                    kind, value = item
-                    if kind == "chunk":
-                        received += 1
-                        for data in self._chunk_steps(route_name, envelope, value["data"]):
-                            yield handler.render_chunk(data)
-                    elif kind == "done":
-                        done = value
-                        expected = value["context"]["stream"].get("sent", 0)
-                        if expected == 0 and received == 0 and value.get("response") is not None:
-                            yield handler.render_chunk(answer_of(value))  # answered without streaming
-                    else:  # a failure or a timeout mid-stream: said in the stream; finally cancels what may still run
-                        yield handler.render_stream_error(value)
-                        return
-                    if expected is not None and received >= expected:
-                        for data in self._chunk_steps(route_name, envelope, None, final=True):
-                            yield handler.render_chunk(data)
-                        yield handler.render_end(done)
-                        finished = True
-                        return
+                    # what has arrived already goes out in one write (several chunks gather under load or from a
+                    # fast producer: one send instead of one each); nothing is waited for, so no chunk is held back
+                    out: list[bytes] = []
+                    while item is not None:
+                        kind, value = item
+                        if kind == "chunk":
+                            received += 1
+                            out += map(handler.render_chunk, self._chunk_steps(route_name, envelope, value["data"]))
+                        elif kind == "done":
+                            done = value
+                            expected = value["context"]["stream"].get("sent", 0)
+                            if expected == 0 and received == 0 and value.get("response") is not None:
+                                out.append(handler.render_chunk(answer_of(value)))  # answered without streaming
+                        else:  # failed or timed out mid-stream: said in the stream; finally cancels what still runs
+                            yield b"".join([*out, handler.render_stream_error(value)])
+                            return
+                        if expected is not None and received >= expected:
+                            out += map(handler.render_chunk,
+                                       self._chunk_steps(route_name, envelope, None, final=True))
+                            yield b"".join([*out, handler.render_end(done)])
+                            finished = True
+                            return
+                        item = chunks.get_nowait() if chunks.qsize() else None
+                    if out:
+                        yield b"".join(out)
                     try:
                         item = chunks.get(timeout=wait)
                     except Empty:
