@@ -8,7 +8,7 @@ The container's entrypoints are not started, so it never consumes the function's
 from __future__ import annotations
 
 import eventlet
-from nameko.containers import ServiceContainer, WorkerContext
+from nameko.containers import ServiceContainer
 from nameko.extensions import iter_extensions
 from nameko.rpc import Rpc
 
@@ -47,26 +47,13 @@ class InlineHost:
 
     def call(self, method: str, args: tuple, timeout: float, context_data: dict | None = None):
         """Run `method` as a worker of this container; raise what it raises, StepTimeout past `timeout`."""
-        outcome = []
-
-        def handle_result(worker_ctx, result, exc_info):
-            outcome.append((result, exc_info))
-            return result, exc_info
-
-        container = self.container
-        worker_ctx = WorkerContext(container, container.service_cls(), self.entrypoints[method], args, {},
-                                   data=context_data)
         saved = dict(logs.current.__dict__)  # the step binds its own function/step to this greenthread's logs
         try:
             # the worker stops at its next cooperative yield once nobody waits for it any more
             with eventlet.Timeout(timeout):
-                nameko_compat.run_worker(container, worker_ctx, handle_result)
+                return nameko_compat.run_worker(self.container, self.entrypoints[method], args, data=context_data)
         except eventlet.Timeout:
             raise StepTimeout(f"step '{self.name}.{method}' took longer than {timeout:g}s (inline)") from None
         finally:
             logs.current.__dict__.clear()
             logs.current.__dict__.update(saved)
-        result, exc_info = outcome[0]
-        if exc_info is not None:
-            raise exc_info[1]
-        return result

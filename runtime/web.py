@@ -9,7 +9,6 @@ max_workers, as nameko's worker pool bounded it.
 from __future__ import annotations
 
 from eventlet.semaphore import Semaphore
-from nameko.containers import WorkerContext
 from nameko.web.handlers import HttpRequestHandler
 
 from . import nameko_compat
@@ -29,19 +28,8 @@ class InPlaceHttp(HttpRequestHandler):
             args, kwargs = self.get_entrypoint_parameters(request)
             self.check_signature(args, kwargs)
             nameko_compat.refuse_if_killed(self.container)
-            outcome = []
-
-            def handle_result(worker_ctx, result, exc_info):
-                outcome.append((result, exc_info))
-                return result, exc_info
-
-            worker_ctx = WorkerContext(self.container, self.container.service_cls(), self, args, kwargs,
-                                       data=context_data)
             with self._slots:
-                nameko_compat.run_worker(self.container, worker_ctx, handle_result)
-            result, exc_info = outcome[0]
-            if exc_info is not None:
-                raise exc_info[1]
+                result = nameko_compat.run_worker(self.container, self, args, kwargs, data=context_data)
             return self.response_from_result(result)
         except Exception as exc:
             return self.response_from_exception(exc)
