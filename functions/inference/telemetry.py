@@ -1,6 +1,6 @@
 """GenAI attributes on the span of an inference step (OpenTelemetry's GenAI semantic conventions): what was asked
-of which model, what it answered with, how many tokens, and the time to the first chunk of a stream (the generation metrics'
-clock's, generation_metrics.py: one measure for both).
+of which model, what it answered with, how many tokens, and the time to the first chunk of a stream (the
+generation metrics' clock's, generation_metrics.py: one measure for both).
 
 Prompts and completions are the tenants' data: they go into a span only when
 `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (docs/observability.md).
