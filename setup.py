@@ -50,7 +50,6 @@ setup(
         "opentelemetry-sdk>=1.45,<2",
         "opentelemetry-exporter-otlp-proto-http>=1.45,<2",
         "opentelemetry-instrumentation-psycopg2>=0.66b0,<1",
-        "opentelemetry-instrumentation-redis>=0.66b0,<1",
         "opentelemetry-instrumentation-httpx>=0.66b0,<1",
     ],
     extras_require={

@@ -56,7 +56,7 @@ class RemoteCaller:
         with tracing.span(f"{function}.{method}", function, SpanKind.CLIENT,
                           attributes={"rpc.system": "nameko", "rpc.service": function, "rpc.method": method}):
             # the replica's worker gets it as context data, as nameko does with every `nameko.*` header
-            return self._call(function, method, args, timeout, {**headers, **tracing.headers(tracing.HEADER_PREFIX)})
+            return self._call(function, method, args, timeout, {**headers, **tracing.context_headers(tracing.HEADER_PREFIX)})
 
     def _call(self, function: str, method: str, args: tuple, timeout: float, headers: dict):
         correlation_id = str(uuid.uuid4())

@@ -137,7 +137,7 @@ class StreamWriter:
         self.request_id = envelope["id"]
         self.seq = 0
         # the span that makes the chunks, named on each one that crosses the broker; nothing while tracing is off
-        self._headers = tracing.headers() if tracing.on else {}
+        self._headers = tracing.context_headers() if tracing.on else {}
 
     @property
     def cancelled(self) -> bool:

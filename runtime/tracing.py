@@ -31,14 +31,15 @@ FUNCTION = "scaigrid.function"  # on every span: the function whose code it meas
 SCOPE = "scaigrid"  # the instrumentation scope of the spans made here
 HEADER_PREFIX = "nameko."  # nameko puts these headers, prefix dropped, into the worker's context data
 TRACEPARENT = "traceparent"  # W3C's header; also the key of an after-step envelope's own trace (runtime/after.py)
-EXPORT_BATCH = 128  # spans per export unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE says otherwise (see configure)
 MAX_LINKS = 128  # the SDK's default limit of links on a span
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 on = False  # set once at start-up by configure(); read as `tracing.on`, never copied
 _tracer: trace.Tracer | None = None
 _provider = None
+_pipe = None  # runtime/span_exporter.py: where ended spans go
 _function = "-"
+_EMPTY = otel_context.Context()  # no parent: a new trace
 
 
 def endpoint_configured(environ=os.environ) -> bool:
@@ -50,31 +51,21 @@ def endpoint_configured(environ=os.environ) -> bool:
 
 def configure(function: str, replica: int = 0) -> bool:
     """Start tracing for this process if the environment asks for it (see the module); True if it is on."""
-    global on, _tracer, _provider, _function
+    global on, _tracer, _provider, _pipe, _function
     if on or not endpoint_configured():
         return on
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    from .tracing_sdk import FunctionAttribute, OwnRoots, instrument_clients, real_span_locks
+    from .span_exporter import SpanPipe
+    from .span_recorder import TracerProvider
+    from .tracing_sdk import configured_sampler, instrument_clients
 
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol and protocol != "http/protobuf":
         logs.log(_log, logging.WARNING, "only OTLP over HTTP (protobuf) is supported; exporting with it",
                  asked=protocol)
     _function = function
-    real_span_locks()
-    # this process's own name wins over a deployment-wide OTEL_SERVICE_NAME: the processes must stay apart
-    resource = Resource.create().merge(Resource({"service.name": f"scaigrid-{function}",
-                                                 "service.instance.id": f"{function}-{replica}-{os.getpid()}"}))
-    _provider = TracerProvider(resource=resource, sampler=OwnRoots.from_env())
-    _provider.add_span_processor(FunctionAttribute(lambda: getattr(logs.current, "function", None) or _function))
-    # a batch is encoded on the hub (protobuf in Python, ~25 µs a span): 128 at most stalls it a few ms, where the
-    # SDK's 512 were a 13 ms pause on every other request's path; the standard variable still decides
-    batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", EXPORT_BATCH))
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), max_export_batch_size=batch))
+    _pipe = SpanPipe(f"scaigrid-{function}", f"{function}-{replica}-{os.getpid()}")
+    _provider = TracerProvider(SCOPE, FUNCTION, lambda: getattr(logs.current, "function", None) or _function,
+                               configured_sampler(), _pipe.put)
     trace.set_tracer_provider(_provider)
     _tracer = trace.get_tracer(SCOPE)
     instrument_clients()
@@ -87,11 +78,10 @@ def configure(function: str, replica: int = 0) -> bool:
 def shutdown(timeout_s: float = 5.0) -> None:
     """Export what is buffered (a stopping worker); the spans of its last requests are not lost."""
     global on
-    if _provider is None:
+    if _pipe is None:
         return
     on = False
-    _provider.force_flush(int(timeout_s * 1000))
-    _provider.shutdown()
+    _pipe.shutdown(timeout_s)
 
 
 def capture_content() -> bool:
@@ -171,21 +161,41 @@ def in_span(target: Span):
 
 
 # propagation ----------------------------------------------------------------------------------------------------
-def headers(prefix: str = "") -> dict[str, str]:
-    """The current context as message headers (`traceparent`, and `tracestate` when set), names prefixed."""
+def headers() -> dict[str, str]:
+    """The current context as HTTP headers for a call out of ScaiGrid (an upstream): the configured propagators'
+    (`OTEL_PROPAGATORS`; W3C trace context and baggage by default)."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return {prefix + k: v for k, v in carrier.items()} if prefix else carrier
+    return carrier
 
 
 def traceparent() -> str:
-    """The current span's W3C traceparent ('' when there is none)."""
-    return headers().get("traceparent", "")
+    """The current span's W3C traceparent ('' when there is none): formatted here, a few times faster than the
+    propagator on a path every request takes."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def context_headers(prefix: str = "") -> dict[str, str]:
+    """The current span's W3C trace context (`traceparent`, and `tracestate` when set) as message headers, names
+    prefixed: what crosses our own broker between our own processes (baggage does not)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    carrier = {prefix + TRACEPARENT: f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+    if context.trace_state:
+        carrier[prefix + "tracestate"] = context.trace_state.to_header()
+    return carrier
 
 
 def extract(carrier) -> otel_context.Context:
-    """The context a caller sent (a dict holding `traceparent`)."""
-    return propagate.extract(carrier or {})
+    """The context a caller sent (headers, or a message's context data, holding `traceparent`): an empty one,
+    without asking the propagators, when it holds none of their fields (most requests)."""
+    if not carrier or not any(name in carrier for name in propagate.get_global_textmap().fields):
+        return _EMPTY
+    return propagate.extract(carrier)
 
 
 def link_to(traceparent_value: str) -> Link | None:

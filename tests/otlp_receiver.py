@@ -40,6 +40,8 @@ class ReceivedSpan:
     status_code: int = 0
     start_ns: int = 0
     end_ns: int = 0
+    events: list[tuple[str, dict]] = field(default_factory=list)
+    scope: str = ""
 
 
 class OtlpReceiver:
@@ -104,7 +106,9 @@ class OtlpReceiver:
                         trace_id=s.trace_id.hex(), span_id=s.span_id.hex(), parent_id=s.parent_span_id.hex(),
                         attributes={kv.key: _value(kv.value) for kv in s.attributes},
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
-                        status_code=s.status.code, start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano))
+                        status_code=s.status.code, start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano,
+                        events=[(e.name, {kv.key: _value(kv.value) for kv in e.attributes}) for e in s.events],
+                        scope=scope_spans.scope.name))
         with self._lock:
             self.spans.extend(received)
             self.received += len(received)
