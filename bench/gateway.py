@@ -307,6 +307,13 @@ def report_tracing(off: Side, on: Side, receiver: str) -> None:
         print(f"the receiver decoded {got['spans']} spans in {got['requests']} exports")
     except httpx.HTTPError as e:
         print(f"the receiver did not answer: {e}")
+    try:  # what the traced side could not hand to its exporters (a full queue): the price of a saturated host
+        lines = httpx.get(on.base_url + "/metrics", timeout=5).text.splitlines()
+        dropped = {line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in lines
+                   if line.startswith("scaigrid_trace_spans_dropped_total{")}
+        print(f"spans dropped by the traced side: {dropped or 'none'}")
+    except (httpx.HTTPError, IndexError, ValueError) as e:
+        print(f"the traced side's /metrics did not say what it dropped: {e}")
 
 
 def main() -> int:
