@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
+from openai import NotFoundError, OpenAI
 
 from conftest import bootstrap_key, launch
 from scaigrid.runtime.testing import SCAIGRID
@@ -120,8 +121,22 @@ def test_models_follow_the_allow_list(product, tenants):
     tid = tenants["globex"]["tenant"]["id"]
     narrow = product.admin("POST", f"/api/v1/tenants/{tid}/keys",
                            {"name": "narrow", "models": ["all-minilm-l6-v2"]}).json()
-    ids = [m["id"] for m in Api(product.base_url, narrow["key"])("GET", "/v1/models").json()["data"]]
+    api = Api(product.base_url, narrow["key"])
+    ids = [m["id"] for m in api("GET", "/v1/models").json()["data"]]
     assert ids == ["all-minilm-l6-v2"]
+    one = api("GET", "/v1/models/all-minilm-l6-v2")
+    assert one.status_code == 200, one.text
+    card = one.json()
+    assert (card["id"], card["object"], card["kind"], card["backend"], card["context_length"]) == \
+        ("all-minilm-l6-v2", "model", "embedding", "onnx", 512)
+    sdk = OpenAI(base_url=product.base_url + "/v1", api_key=narrow["key"], max_retries=0)
+    assert sdk.models.retrieve("all-minilm-l6-v2").owned_by == "scaigrid"  # what the official client reads
+    with pytest.raises(NotFoundError):
+        sdk.models.retrieve("smollm2-135m-instruct")
+    for hidden in ("smollm2-135m-instruct", "no-such-model", "org/no-such-model"):  # not allowed = not there
+        r = api("GET", f"/v1/models/{hidden}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+        assert hidden in r.json()["error"]["message"]
     everything = [m["id"] for m in tenants["globex"]["member"]("GET", "/api/v1/models").json()["data"]]
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= set(everything)
 

@@ -70,11 +70,28 @@ class Inference:
             return self.replicas.call("models", envelope, request_id=envelope["id"])
         allowed = (envelope.get("principal") or {}).get("models")
         envelope["response"] = {"object": "list", "data": [
-            {"id": m["id"], "object": "model", "created": STARTED, "owned_by": m.get("owned_by", "scaigrid"),
-             "kind": m.get("kind"), "backend": m.get("backend"), "context_length": m.get("context_length"),
-             "provider": self.local.provider(m["id"])}
-            for m in self.config.get("models", []) if allowed is None or m["id"] in allowed]}
+            self._card(m) for m in self.config.get("models", []) if allowed is None or m["id"] in allowed]}
         return envelope
+
+    @rpc
+    def model(self, envelope: dict) -> dict:
+        """GET /v1/models/{model}: one model of the registry. One the key may not use is as unknown as one that
+        does not exist: a key cannot probe what the others may use."""
+        if self._handed_on(None):
+            return self.replicas.call("model", envelope, request_id=envelope["id"])
+        model_id = envelope["request"]["path"]["model_id"]
+        allowed = (envelope.get("principal") or {}).get("models")
+        spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
+        if spec is None or (allowed is not None and model_id not in allowed):
+            raise NotFound(f"the model '{model_id}' does not exist", code="model_not_found", param="model")
+        envelope["response"] = self._card(spec)
+        return envelope
+
+    def _card(self, spec: dict) -> dict:
+        """A model as OpenAI's model object says it, and what ScaiGrid adds (kind, backend, where it runs)."""
+        return {"id": spec["id"], "object": "model", "created": STARTED, "owned_by": spec.get("owned_by", "scaigrid"),
+                "kind": spec.get("kind"), "backend": spec.get("backend"),
+                "context_length": spec.get("context_length"), "provider": self.local.provider(spec["id"])}
 
     @rpc
     def chat(self, envelope: dict) -> dict:

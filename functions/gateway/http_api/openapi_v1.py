@@ -13,7 +13,8 @@ from . import openai_schemas as o
 from .openapi import component_schemas, endpoints, error_responses, wrap
 
 BODY_ERRORS = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
-PLAIN_ERRORS = ("401", "503", "504")  # a route with no body names no model: no allow-list, no limits, no upstream
+# a route with no body names no model: no allow-list, no limits, no upstream; one whose path names a model 404s
+PLAIN_ERRORS = ("401", "503", "504")
 TEXTS = {"404": "The model does not exist (or the route does not)",
          "403": "The key's model allow-list does not include this model"}
 
@@ -35,6 +36,8 @@ OPERATIONS: dict[str, OpenAIOperation] = {
     "completions": OpenAIOperation("Text completion (legacy)", "completions", o.Completion, o.Completion),
     "embeddings": OpenAIOperation("Embeddings of one or more texts", "embeddings", o.EmbeddingList),
     "openai_models": OpenAIOperation("Models this key may use", "models", s.ModelList),
+    "openai_model": OpenAIOperation("One model this key may use (404 `model_not_found` for any other)", "models",
+                                    s.Model),
 }
 
 
@@ -74,7 +77,7 @@ def openai_document(graph) -> dict[str, Any]:
         if op and op.chunk:
             content["text/event-stream"] = {"schema": sse_event(refs[op.chunk], refs[s.Error])}
         item["responses"] = {"200": {"description": "OK", "content": content}}
-        codes = BODY_ERRORS if body is not None or method != "GET" else PLAIN_ERRORS
+        codes = BODY_ERRORS if body is not None or method != "GET" else PLAIN_ERRORS + ("404",) * bool(parameters)
         item["responses"].update(error_responses(codes, refs[s.Error], TEXTS))
         paths.setdefault(oa_path, {})[method.lower()] = item
     return wrap("ScaiGrid OpenAI-compatible API",
