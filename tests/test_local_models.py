@@ -173,11 +173,42 @@ def test_concurrent_embeddings_are_batched(product):
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logprobs": True}, "logprobs"),
     ({"n": 2}, "n"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": -1}, "frequency_penalty"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
 ])
 def test_local_models_refuse_what_they_cannot_serve(product, extra, param):
     r = httpx.post(product.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {product.key['key']}"},
                    json={"model": CHAT, "messages": ASK, "max_tokens": 2, **extra}, timeout=60)
-    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert param in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/completions", {"model": CHAT, "prompt": "Hi", "max_tokens": 2, "echo": True}, "echo"),
+    ("/v1/completions", {"model": CHAT, "prompt": "Hi", "max_tokens": 2, "suffix": " end"}, "suffix"),
+    ("/v1/completions", {"model": CHAT, "prompt": "Hi", "max_tokens": 2, "best_of": 3}, "best_of"),
+    ("/v1/embeddings", {"model": EMBED, "input": "Hi", "dimensions": 128}, "dimensions"),
+])
+def test_local_models_refuse_other_fields_they_cannot_honour(product, route, body, param):
+    r = httpx.post(product.base_url + route, headers={"Authorization": f"Bearer {product.key['key']}"}, json=body,
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_local_models_take_the_neutral_values_sdks_send(product):
+    """What clients send by default (a penalty of 0, echo false, best_of 1, no tools, the model's own width) asks
+    nothing of a local model: served, not refused."""
+    chat = product.client.chat.completions.create(
+        model=CHAT, messages=ASK, max_tokens=2, presence_penalty=0, frequency_penalty=0.0, tools=[],
+        tool_choice="none", response_format={"type": "text"}, logprobs=False)
+    assert chat.choices[0].message.content is not None
+    text = product.client.completions.create(model=CHAT, prompt="Hi", max_tokens=2, echo=False, best_of=1,
+                                             suffix="")
+    assert text.usage.completion_tokens >= 1
+    vectors = product.client.embeddings.create(model=EMBED, input="Hi", dimensions=384)
+    assert len(vectors.data[0].embedding) == 384
 
 
 def test_errors_in_openai_format(product):

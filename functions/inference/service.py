@@ -7,6 +7,7 @@ length, prices. Answers are in OpenAI's shapes whatever the backend.
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import numpy as np
@@ -24,8 +25,18 @@ from .generation_metrics import GENERATIONS, GenerationClock
 from .telemetry import GenAiSpan, finish_reasons
 
 STARTED = int(time.time())
-LOCAL_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
-                     "top_logprobs", "logit_bias")
+# what a local model cannot honour, with the values that ask nothing of it: any other value is a 400 naming the field,
+# never silently ignored (a client that set a penalty or tools would get an answer it did not ask for)
+LOCAL_NEUTRAL = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+                 "function_call": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+                 "response_format": (None, {"type": "text"}), "logprobs": (None, False), "top_logprobs": (None, 0),
+                 "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+                 "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1)}
+
+
+def neutral(value, values: tuple) -> bool:
+    """`value` is one of `values`, a bool only as a bool (False is not 0 here, 0.0 is)."""
+    return any(value is v or (value == v and isinstance(value, bool) == isinstance(v, bool)) for v in values)
 
 
 class Inference:
@@ -55,9 +66,10 @@ class Inference:
 
     def _refuse_unsupported(self, spec: dict, request: dict) -> None:
         """Local models say clearly what they cannot do; upstreams get every field unchanged."""
-        for name in LOCAL_UNSUPPORTED:
-            if request["body"].get(name) not in (None, False):
-                raise BadRequest(f"'{name}' is not supported by the local model '{spec['id']}'",
+        for name, values in LOCAL_NEUTRAL.items():
+            if not neutral(request["body"].get(name), values):
+                raise BadRequest(f"'{name}' is not supported by the local model '{spec['id']}' (only "
+                                 f"{' or '.join(json.dumps(v) for v in values[1:])}, or leave it out)",
                                  code="unsupported_parameter", param=name)
         if request_params(request)["n"] > 1:
             raise BadRequest(f"n > 1 is not supported by the local model '{spec['id']}'",
@@ -154,6 +166,10 @@ class Inference:
         body = envelope["request"]["body"]
         genai = GenAiSpan(spec, None, "embeddings")
         if spec.get("backend") == "onnx":
+            width = self.local.load(spec["id"]).dimensions
+            if body.get("dimensions") not in (None, width):  # its vectors have one width: no truncation asked of it
+                raise BadRequest(f"'dimensions' must be {width} (or left out) for the local model '{spec['id']}'",
+                                 code="unsupported_parameter", param="dimensions")
             texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
             vectors, counts = self.local.embed(spec["id"], texts)
             b64 = request_params(envelope["request"])["encoding_format"] == "base64"
