@@ -2,6 +2,7 @@
 import concurrent.futures as cf
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +12,7 @@ import psycopg2
 import pytest
 
 from conftest import GRAPHS, bootstrap_key, launch
+from scaigrid.functions.accounting.service import duration
 from scaigrid.runtime.testing import SCAIGRID
 
 PRICE = {"prompt": 1000, "completion": 2000}  # micro-units per 1K tokens (tests/graphs/accounting.yaml)
@@ -231,6 +233,12 @@ def test_rpm_holds_across_replicas_with_headers(acct):
     err = limited[0].json()["error"]
     assert err["type"] == "rate_limit_error" and err["code"] == "rpm_exceeded" and "tenant" in err["message"]
     assert 0 < int(limited[0].headers["retry-after"]) <= 60
+    # a 429 says the limit too: none left, whole again when the retry may come
+    assert all(a.headers["x-ratelimit-limit-requests"] == "15" and a.headers["x-ratelimit-remaining-requests"] == "0"
+               and a.headers["x-ratelimit-reset-requests"] == duration(int(a.headers["retry-after"]) * 1000)
+               for a in limited)
+    # an admitted answer's reset: when the window's oldest request leaves it, within the minute
+    assert all(re.fullmatch(r"(1m0s|[1-5]?\d(\.\d+)?s|\d+ms)", a.headers["x-ratelimit-reset-requests"]) for a in ok)
 
 
 def test_usage_api_is_tenant_scoped(acct):

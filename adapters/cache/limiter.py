@@ -69,7 +69,16 @@ for s = 0, 1 do
   end
   if day and tonumber(redis.call('GET', KEYS[k+6]) or 0) >= day then return {0, s, 'daily_budget', -1, day} end
   if month and tonumber(redis.call('GET', KEYS[k+7]) or 0) >= month then return {0, s, 'monthly_budget', -2, month} end
-  out[#out+1] = {rpm or -1, used_r, tpm or -1, used_t}
+  -- when the window's oldest entry leaves it (ms): this request's own, a window from now, when it is the first
+  local reset_r, reset_t = window, window
+  if rpm and used_r > 0 then
+    reset_r = tonumber(redis.call('ZRANGE', KEYS[k+2], 0, 0, 'WITHSCORES')[2]) + window - now
+  end
+  if tpm and used_t > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[k+3], 0, 0, 'WITHSCORES')
+    if oldest[2] then reset_t = tonumber(oldest[2]) + window - now end
+  end
+  out[#out+1] = {rpm or -1, used_r, tpm or -1, used_t, reset_r, reset_t}
 end
 for s = 0, 1 do
   local k = s * 7
@@ -166,7 +175,9 @@ class Verdict:
     limit_name: str = ""     # rpm | tpm | daily_budget | monthly_budget
     retry_after_s: int = 0
     limit: int = 0
-    usage: list | None = None  # per scope: [rpm, used requests, tpm, used tokens] (-1: no limit)
+    # per scope: [rpm, used requests, tpm, used tokens, ms until the oldest request leaves the window, the same of
+    # the oldest reservation of tokens] (-1: no limit)
+    usage: list | None = None
 
 
 def _scope_keys(scope: str, scope_id: str, day: str, month: str) -> list[str]:

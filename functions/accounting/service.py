@@ -44,17 +44,36 @@ def _duration(seconds: int) -> str:
 
 def ratelimit_headers(verdict: Verdict, tokens: int = 0) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the tighter of the key's and the tenant's limits that are set. The usage
-    is the window's before this request: an admitted one takes one request and the `tokens` it reserved."""
+    is the window's before this request: an admitted one takes one request and the `tokens` it reserved; `reset` is
+    when the window's oldest entry leaves it (`remaining` grows). A refusal by a rate limit says that limit: none
+    left, reset when the request could be admitted (its Retry-After)."""
+    if not verdict.admitted:
+        kind = {"rpm": "requests", "tpm": "tokens"}.get(verdict.limit_name)
+        return {} if kind is None else {f"x-ratelimit-limit-{kind}": str(verdict.limit),
+                                        f"x-ratelimit-remaining-{kind}": "0",
+                                        f"x-ratelimit-reset-{kind}": duration(verdict.retry_after_s * 1000)}
     headers: dict[str, str] = {}
-    mine = {"requests": 1, "tokens": tokens if verdict.admitted else 0}
-    for limit_at, used_at, kind in ((0, 1, "requests"), (2, 3, "tokens")):
-        set_ = [(u[limit_at], u[used_at]) for u in (verdict.usage or []) if u[limit_at] >= 0]
+    mine = {"requests": 1, "tokens": tokens}
+    for limit_at, used_at, reset_at, kind in ((0, 1, 4, "requests"), (2, 3, 5, "tokens")):
+        set_ = [u for u in (verdict.usage or []) if u[limit_at] >= 0]
         if set_:
-            limit, used = min(set_, key=lambda lu: lu[0] - lu[1])
+            tightest = min(set_, key=lambda u: u[limit_at] - u[used_at])
+            limit, used = tightest[limit_at], tightest[used_at]
             headers[f"x-ratelimit-limit-{kind}"] = str(limit)
             headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used - mine[kind]))
-            headers[f"x-ratelimit-reset-{kind}"] = "60s" if used else "0s"
+            headers[f"x-ratelimit-reset-{kind}"] = duration(tightest[reset_at])
     return headers
+
+
+def duration(ms: int) -> str:
+    """OpenAI's form of a reset time: `870ms`, `12.5s`, `1m0s`."""
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
+    minutes, rest = divmod(ms, 60_000)
+    return f"{minutes}m{rest / 1000:g}s"
 
 
 LIMIT_NAMES = {"rpm": "requests per minute", "tpm": "tokens per minute", "daily_budget": "daily budget",
@@ -184,6 +203,7 @@ class Accounting:
                 raise unavailable(exc.reason) from None
             return envelope
         if not verdict.admitted:
+            envelope["context"].setdefault("headers", {}).update(ratelimit_headers(verdict))
             raise refusal(verdict)
         reservation["tokens"] += more_tokens
         reservation["cost"] += more_cost

@@ -6,7 +6,7 @@ import pytest
 
 from scaigrid.adapters.cache.limiter import Verdict
 from scaigrid.functions.accounting.pricing import DEFAULT_MAX_TOKENS, cost_of, estimate, registry
-from scaigrid.functions.accounting.service import ratelimit_headers, refusal, unavailable
+from scaigrid.functions.accounting.service import duration, ratelimit_headers, refusal, unavailable
 from scaigrid.functions.gateway.http_api.responses import error_response
 
 NO_LIMIT = -1
@@ -16,29 +16,54 @@ NO_LIMIT = -1
 
 def test_no_usage_or_no_limit_set_means_no_headers():
     assert ratelimit_headers(Verdict(True)) == {}
-    assert ratelimit_headers(Verdict(True, usage=[[NO_LIMIT, 4, NO_LIMIT, 90], [NO_LIMIT, 9, NO_LIMIT, 900]])) == {}
+    usage = [[NO_LIMIT, 4, NO_LIMIT, 90, 60_000, 60_000], [NO_LIMIT, 9, NO_LIMIT, 900, 60_000, 60_000]]
+    assert ratelimit_headers(Verdict(True, usage=usage)) == {}
 
 
 def test_the_scope_with_less_left_is_the_one_reported():
-    # key: 10 rpm, 3 used (7 left); tenant: 100 rpm, 95 used (5 left)
-    headers = ratelimit_headers(Verdict(True, usage=[[10, 3, NO_LIMIT, 0], [100, 95, NO_LIMIT, 0]]))
+    # key: 10 rpm, 3 used (7 left), its oldest leaves in 12 s; tenant: 100 rpm, 95 used (5 left), oldest in 870 ms
+    headers = ratelimit_headers(Verdict(True, usage=[[10, 3, NO_LIMIT, 0, 12_000, 60_000],
+                                                     [100, 95, NO_LIMIT, 0, 870, 60_000]]))
     assert headers == {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "4",
-                       "x-ratelimit-reset-requests": "60s"}
+                       "x-ratelimit-reset-requests": "870ms"}
 
 
 def test_requests_and_tokens_are_picked_apart():
     # the key is tighter on requests, the tenant on tokens
-    headers = ratelimit_headers(Verdict(True, usage=[[5, 1, 1000, 10], [50, 30, 2000, 1990]]))
+    headers = ratelimit_headers(Verdict(True, usage=[[5, 1, 1000, 10, 30_500, 59_000],
+                                                     [50, 30, 2000, 1990, 1_000, 2_250]]))
     assert headers["x-ratelimit-limit-requests"] == "5" and headers["x-ratelimit-remaining-requests"] == "3"
+    assert headers["x-ratelimit-reset-requests"] == "30.5s"
     assert headers["x-ratelimit-limit-tokens"] == "2000"  # remaining-tokens: see test_accounting_worker
+    assert headers["x-ratelimit-reset-tokens"] == "2.25s"
 
 
 def test_first_request_of_a_window_and_an_overdrawn_one():
-    first = ratelimit_headers(Verdict(True, usage=[[3, 0, NO_LIMIT, 0], [NO_LIMIT, 0, NO_LIMIT, 0]]))
-    assert first["x-ratelimit-remaining-requests"] == "2" and first["x-ratelimit-reset-requests"] == "0s"
+    # the first request of a window is its oldest: the window is whole again a minute from now
+    first = ratelimit_headers(Verdict(True, usage=[[3, 0, NO_LIMIT, 0, 60_000, 60_000],
+                                                   [NO_LIMIT, 0, NO_LIMIT, 0, 60_000, 60_000]]))
+    assert first["x-ratelimit-remaining-requests"] == "2" and first["x-ratelimit-reset-requests"] == "1m0s"
     # past the limit (a top-up ended past it): never a negative number
-    over = ratelimit_headers(Verdict(True, usage=[[NO_LIMIT, 0, 100, 250], [NO_LIMIT, 0, NO_LIMIT, 0]]))
+    over = ratelimit_headers(Verdict(True, usage=[[NO_LIMIT, 0, 100, 250, 60_000, 5_000],
+                                                  [NO_LIMIT, 0, NO_LIMIT, 0, 60_000, 60_000]]))
     assert over["x-ratelimit-remaining-tokens"] == "0"
+
+
+@pytest.mark.parametrize("name, kind", [("rpm", "requests"), ("tpm", "tokens")])
+def test_a_rate_limit_refusal_says_that_limit_is_spent_and_when_it_frees(name, kind):
+    headers = ratelimit_headers(Verdict(False, scope="key", limit_name=name, retry_after_s=17, limit=40))
+    assert headers == {f"x-ratelimit-limit-{kind}": "40", f"x-ratelimit-remaining-{kind}": "0",
+                       f"x-ratelimit-reset-{kind}": "17s"}
+
+
+def test_a_budget_refusal_is_no_rate_limit():
+    assert ratelimit_headers(Verdict(False, scope="tenant", limit_name="daily_budget", retry_after_s=3600)) == {}
+
+
+@pytest.mark.parametrize("ms, text", [(0, "0ms"), (870, "870ms"), (1000, "1s"), (12_500, "12.5s"),
+                                      (60_000, "1m0s"), (90_500, "1m30.5s"), (-5, "0ms")])
+def test_durations_in_openais_form(ms, text):
+    assert duration(ms) == text
 
 
 # refusals -----------------------------------------------------------------------------------------------------

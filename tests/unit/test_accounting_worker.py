@@ -1,6 +1,7 @@
 """The accounting function alone (nameko's worker_factory) on the real stores: admit/top_up/record against the Redis
 limiter's scripts and the PostgreSQL ledger, limits through the native operations, and the reload from the ledger
 after Redis lost its counters."""
+import time
 import uuid
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from nameko.testing.services import worker_factory
 from scaigrid.adapters.cache.health import health_for
 from scaigrid.adapters.cache.limiter import EPOCH, RELOAD_LOCK, LimiterClient
 from scaigrid.functions.accounting.pricing import cost_of, estimate
-from scaigrid.functions.accounting.service import Accounting, reload_limits
+from scaigrid.functions.accounting.service import Accounting, duration, reload_limits
 from scaigrid.runtime.errors import Forbidden, NotFound, RateLimited, Unavailable
 
 PRICE = {"price": {"prompt": 150, "completion": 600}}  # priced-chat in the conftest's graph
@@ -65,10 +66,33 @@ def test_the_key_s_rpm_refuses_with_a_retry_after(accounting, limiter, who, chat
     remaining = [accounting.admit(chat(caller))["context"]["headers"]["x-ratelimit-remaining-requests"]
                  for _ in range(2)]
     assert remaining == ["1", "0"]
+    refused_envelope = chat(caller)
     with pytest.raises(RateLimited) as refused:
-        accounting.admit(chat(caller))
+        accounting.admit(refused_envelope)
     assert refused.value.code == "rpm_exceeded" and "the key's requests per minute (2)" in refused.value.message
     assert 1 <= refused.value.details["retry_after"] <= 60
+    headers = refused_envelope["context"]["headers"]  # what the 429 carries
+    assert headers == {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0",
+                       "x-ratelimit-reset-requests": duration(refused.value.details["retry_after"] * 1000)}
+
+
+def test_the_reset_is_when_the_window_s_oldest_request_leaves_it(accounting, limiter, who, chat):
+    caller = who()
+    limiter.set_limits("key", caller["key_id"], {"rpm": 10, "tpm": 100_000})
+    first = accounting.admit(chat(caller))["context"]["headers"]
+    assert first["x-ratelimit-reset-requests"] == first["x-ratelimit-reset-tokens"] == "1m0s"  # it is the oldest
+    time.sleep(0.5)
+    second = accounting.admit(chat(caller))["context"]["headers"]
+    for kind in ("requests", "tokens"):  # the first one leaves the window ~59.5 s from now
+        assert 58.0 <= seconds(second[f"x-ratelimit-reset-{kind}"]) <= 59.6, second
+
+
+def seconds(duration: str) -> float:
+    """OpenAI's `1m0s`, `59.5s`, `870ms` as seconds."""
+    minutes, _, rest = duration.rpartition("m") if not duration.endswith("ms") else ("", "", duration)
+    if rest.endswith("ms"):
+        return float(rest[:-2]) / 1000
+    return float(minutes or 0) * 60 + float(rest.rstrip("s") or 0)
 
 
 @pytest.mark.parametrize("field, code", [("daily_budget_micros", "daily_budget_exceeded"),
