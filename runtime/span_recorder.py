@@ -64,7 +64,7 @@ class RecordedSpan(trace.Span):
     def get_span_context(self) -> SpanContext:
         return self._context
 
-    # what instrumentations read of the SDK's spans (beyond the API: Redis's reads `name`)
+    # what instrumentations may read of the SDK's spans beyond the API (OpenTelemetry's Redis one read `name`)
     name = property(lambda self: self._name)
     kind = property(lambda self: self._kind)
     attributes = property(lambda self: dict(self._attributes))
@@ -180,7 +180,7 @@ class Tracer(trace.Tracer):
 
 class _Current:
     """`with tracer.start_as_current_span(...)` (what the client instrumentations use) as the API's `use_span`
-    does it, in a class: that one is two generator context managers deep, on every Redis and SQL call. As a
+    does it, in a class: that one is two generator context managers deep, on every SQL and webhook call. As a
     decorator, a span a call."""
 
     __slots__ = ("tracer", "args", "end_on_exit", "record_exception", "set_status", "span", "_token")

@@ -173,8 +173,10 @@ def traceparent() -> str:
     """The current span's W3C traceparent ('' when there is none): formatted here, a few times faster than the
     propagator on a path every request takes."""
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return ""
+    return _w3c(context) if context.is_valid else ""
+
+
+def _w3c(context) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
@@ -184,7 +186,7 @@ def context_headers(prefix: str = "") -> dict[str, str]:
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return {}
-    carrier = {prefix + TRACEPARENT: f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+    carrier = {prefix + TRACEPARENT: _w3c(context)}
     if context.trace_state:
         carrier[prefix + "tracestate"] = context.trace_state.to_header()
     return carrier

@@ -38,10 +38,6 @@ SPEND = Counter("scaigrid_spend_micros_total", "Spend recorded in the ledger, mi
 REQUESTS = Counter("scaigrid_usage_records_total", "Usage records written to the ledger", ["model"])
 
 
-def _duration(seconds: int) -> str:
-    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
-
-
 def ratelimit_headers(verdict: Verdict, tokens: int = 0) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the tighter of the key's and the tenant's limits that are set. The usage
     is the window's before this request: an admitted one takes one request and the `tokens` it reserved; `reset` is

@@ -55,8 +55,11 @@ class Inference:
         """A local model, asked of a copy that holds none: its replicas answer."""
         return self.replicas.forward and (spec is None or spec.get("backend") in LOCAL_BACKENDS)
 
+    def _find(self, model_id: str | None) -> dict | None:
+        return next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
+
     def _spec(self, model_id: str | None, kind: str) -> dict:
-        spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
+        spec = self._find(model_id)
         if spec is None:
             raise NotFound(f"the model '{model_id}' does not exist", code="model_not_found", param="model")
         if spec.get("kind", "chat") != kind:
@@ -93,7 +96,7 @@ class Inference:
             return self.replicas.call("model", envelope, request_id=envelope["id"])
         model_id = envelope["request"]["path"]["model_id"]
         allowed = (envelope.get("principal") or {}).get("models")
-        spec = next((m for m in self.config.get("models", []) if m["id"] == model_id), None)
+        spec = self._find(model_id)
         if spec is None or (allowed is not None and model_id not in allowed):
             raise NotFound(f"the model '{model_id}' does not exist", code="model_not_found", param="model")
         envelope["response"] = self._card(spec)
