@@ -133,7 +133,10 @@ def test_models_follow_the_allow_list(product, tenants):
     assert sdk.models.retrieve("all-minilm-l6-v2").owned_by == "scaigrid"  # what the official client reads
     with pytest.raises(NotFoundError):
         sdk.models.retrieve("smollm2-135m-instruct")
-    for hidden in ("smollm2-135m-instruct", "no-such-model", "org/no-such-model"):  # not allowed = not there
+    for headers in ({}, {"Authorization": "Bearer sg-" + "0" * 40}):  # no key, a forged one: nothing said
+        r = httpx.get(product.base_url + "/v1/models/all-minilm-l6-v2", headers=headers, timeout=30)
+        assert r.status_code == 401 and "all-minilm" not in r.text, r.text
+    for hidden in ("smollm2-135m-instruct", "no-such-model", "org/no-such-model", "x" * 4000):  # not allowed = none
         r = api("GET", f"/v1/models/{hidden}")
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
         assert hidden in r.json()["error"]["message"]
