@@ -80,6 +80,7 @@ setup(
             "setuptools>=68",  # tests build the wheel and the sample plugin without build isolation
             "wheel",
             "openai>=1.40",
+            "anthropic>=0.40",  # tests/test_messages.py: the Anthropic SDK against /v1/messages
             "hypothesis>=6",
             "kubernetes-validate>=1.28",  # tests/test_deploy.py: manifests against the Kubernetes schemas
             "cloudcoil-models-keda>=2.16",  # tests/test_deploy.py: KEDA ScaledObject models

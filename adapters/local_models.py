@@ -42,7 +42,7 @@ class LocalModels:
             if spec["backend"] == "transformers":
                 from scaigrid.adapters.backends.torch_chat import TorchChatModel
 
-                model = tpool.execute(TorchChatModel, path, spec.get("default_system"), spec.get("threads"))
+                model = tpool.execute(TorchChatModel, path, spec.get("threads"))
             else:
                 cls = OnnxEmbedModel if spec.get("kind") == "embedding" else OnnxChatModel
                 model = tpool.execute(cls, path, spec.get("variant", "auto"), None, spec.get("threads"))

@@ -89,3 +89,19 @@ def falkordb_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def falkordb_url(falkordb_folder):
     return falkordb("url", falkordb_folder)
+
+
+@pytest.fixture(scope="session")
+def models_root():
+    """The local models, prepared once for the whole session: builds what is missing, verifies the rest (sha256
+    manifests). Skipped where they are not built and the export extra is missing."""
+    from scaigrid.adapters.backends import manifest
+    from scaigrid.adapters.backends import prepare as prep
+
+    root = prep.models_dir()
+    ready = all(not manifest.problems(root / model_id, full=False) for model_id in prep.SPECS)
+    if not ready and prep.missing_export():
+        pytest.skip(f"local models are not built in {root} and the export extra is missing "
+                    f"({', '.join(prep.missing_export())}): pip install -e '.[export]' && scaigrid models prepare")
+    prep.prepare(root=root, progress=False, log=lambda line: None)
+    return root

@@ -21,24 +21,12 @@ pytest.importorskip("tokenizers")
 
 from scaigrid.adapters.backends import manifest
 from scaigrid.adapters.backends import prepare as prep
-from scaigrid.adapters.backends.onnx_chat import OnnxChatModel, chat_prompt, pick
+from scaigrid.adapters.backends.onnx_chat import OnnxChatModel, pick
 from scaigrid.adapters.backends.onnx_embed import InputTooLong, OnnxEmbedModel
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install -e '.[export]')")
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
-
-
-@pytest.fixture(scope="session")
-def models_root():
-    """Prepare once for the whole session: builds what is missing, verifies the rest (sha256 manifests)."""
-    root = prep.models_dir()
-    ready = all(not manifest.problems(root / model_id, full=False) for model_id in prep.SPECS)
-    if not ready and prep.missing_export():
-        pytest.skip(f"local models are not built in {root} and the export extra is missing "
-                    f"({', '.join(prep.missing_export())}): pip install -e '.[export]' && scaigrid models prepare")
-    prep.prepare(root=root, progress=False, log=lambda line: None)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -132,23 +120,6 @@ def test_provider_and_variant_are_reported(chat, models_root):
         assert model.provider in ort.get_available_providers()
     auto = OnnxChatModel(models_root / prep.CHAT_ID)
     assert auto.variant == ("fp32" if auto.provider == "CUDAExecutionProvider" else "int4")
-
-
-def test_chat_template_is_chatml_as_transformers_renders_it(chat, models_root):
-    text = chat_prompt(POEM, chat["int4"].default_system)
-    assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                    "<|im_end|>\n<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n"
-                    "<|im_start|>assistant\n")
-    with_system = [{"role": "system", "content": "Be brief."}, *POEM]
-    assert chat_prompt(with_system, "ignored").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
-    if importlib.util.find_spec("transformers"):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(models_root / prep.CHAT_ID)
-        for messages in (POEM, with_system):
-            assert chat_prompt(messages, chat["int4"].default_system) == tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True)
-        assert tokenizer.eos_token == "<|im_end|>"
 
 
 @pytest.mark.parametrize("variant", ["int4", "fp32"])

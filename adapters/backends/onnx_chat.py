@@ -1,4 +1,4 @@
-"""Chat generation on onnxruntime with a KV cache: SmolLM2 (ChatML), greedy or sampled, streamed token by token.
+"""Chat generation on onnxruntime with a KV cache: SmolLM2, prompted with its own chat template, greedy or sampled, streamed token by token.
 
     model = OnnxChatModel(model_dir_for("smollm2-135m-instruct"))        # int4 on CPU, fp32 on CUDA
     gen = model.generate(messages, max_tokens=64, temperature=0, stop=["\n\n"])
@@ -21,6 +21,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import manifest as manifest_file
+from .chat_template import ChatTemplate
 from .ort_session import device_of, open_variant
 
 
@@ -39,17 +40,6 @@ def _text(content) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content or [] if part.get("type", "text") == "text")
-
-
-def chat_prompt(messages: list[dict], default_system: str | None) -> str:
-    """SmolLM2's chat template (ChatML), as its chat_template.jinja writes it, without jinja at serve time."""
-    parts = []
-    if default_system is not None and (not messages or messages[0]["role"] != "system"):
-        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-    for message in messages:
-        parts.append(f"<|im_start|>{message['role']}\n{_text(message.get('content'))}<|im_end|>\n")
-    parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
 
 
 class _Detokenizer:
@@ -237,7 +227,7 @@ class OnnxChatModel:
         info = data["chat"]
         self.session, self.provider, self.variant = open_variant(model_dir, data, variant, providers, threads)
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-        self.default_system = info.get("default_system")
+        self.chat_template = ChatTemplate.from_folder(model_dir, self.tokenizer)
         self.context_length = int(info["context_length"])
         self.eos_token_ids = frozenset(info["eos_token_ids"])
         names = [i.name for i in self.session.get_inputs()]
@@ -256,11 +246,13 @@ class OnnxChatModel:
 
     # --- text -> ids ------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` as is (the chat template carries its own special tokens: no BOS is added)."""
+        """Token ids of a raw prompt (/v1/completions): the client writes the whole prompt, special tokens included,
+        so they are read as such; no BOS is added."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        return self.encode(chat_prompt(messages, self.default_system))
+        """The model's own template over `messages`; special-token text inside a message stays text."""
+        return self.chat_template.encode([{**m, "content": _text(m.get("content"))} for m in messages])
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Prompt tokens a chat request will be billed for."""

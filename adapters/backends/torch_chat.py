@@ -12,13 +12,14 @@ from types import SimpleNamespace
 import numpy as np
 from tokenizers import Tokenizer
 
+from .chat_template import ChatTemplate
 from .onnx_chat import OnnxChatModel
 
 
 class TorchChatModel(OnnxChatModel):
     """A Hugging Face model folder (config.json, weights, tokenizer.json) on PyTorch, fp32."""
 
-    def __init__(self, model_dir: str | os.PathLike, default_system: str | None = None, threads: int | None = None):
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None):
         try:
             import torch
             from transformers import AutoModelForCausalLM
@@ -33,7 +34,7 @@ class TorchChatModel(OnnxChatModel):
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).to(device).eval()
         self.device, self.provider, self.variant = device, f"torch:{device}", "fp32"
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-        self.default_system = default_system
+        self.chat_template = ChatTemplate.from_folder(model_dir, self.tokenizer)
         config = self.model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         eos = _generation_eos(model_dir) or config.eos_token_id
