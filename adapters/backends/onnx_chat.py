@@ -131,7 +131,8 @@ class _Cache:
 
 class Generation:
     """One completion, iterated as text deltas. Attributes after the end: finish_reason ('stop' when an end token or
-    a stop string ended it, 'length' when max_tokens or the context did), token_ids, text, usage."""
+    a stop string ended it, 'length' when max_tokens or the context did), stop_sequence (which stop string, if one
+    did), token_ids, text, usage."""
 
     def __init__(self, model: OnnxChatModel, prompt_ids: list[int], max_tokens: int | None,
                  temperature: float, top_p: float, stop: list[str] | None, seed: int | None):
@@ -152,6 +153,7 @@ class Generation:
         self.token_ids: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended it, if one did
         self._steps = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -191,9 +193,10 @@ class Generation:
                 break
             held += detok.add(token)
             if self.stop:
-                hits = [i for i in (held.find(s) for s in self.stop) if i >= 0]
+                hits = [(i, s) for s, i in ((s, held.find(s)) for s in self.stop) if i >= 0]
                 if hits:
-                    held = held[:min(hits)]
+                    at, self.stop_sequence = min(hits)
+                    held = held[:at]
                     self.finish_reason = "stop"
                     break
                 safe = len(held) - _held_back(held, self.stop)

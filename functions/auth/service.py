@@ -26,7 +26,7 @@ class Auth:
         """Bearer key -> envelope.principal and envelope.tenant. The key leaves the envelope here."""
         key = envelope.setdefault("secrets", {}).pop("api_key", None)
         if not key:
-            raise Unauthorized("missing API key: send the header 'Authorization: Bearer sg-…'",
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer sg-…' (or 'x-api-key: sg-…')",
                                code="missing_api_key")
         lookup = lookup_of(key)
         entry = self.keys.get(lookup) if lookup else None

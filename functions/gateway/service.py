@@ -51,9 +51,12 @@ def client_request_id(request: Request) -> str | None:
 
 
 def credentials(request: Request) -> dict:
-    """The bearer key, kept apart from the request so that only auth.authenticate ever sees it."""
+    """The key (a bearer token, or `x-api-key` as Anthropic's SDKs send it), kept apart from the request so that
+    only auth.authenticate ever sees it."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return {"api_key": token.strip()} if scheme.lower() == "bearer" and token.strip() else {}
+    key = token.strip() if scheme.lower() == "bearer" else ""
+    key = key or request.headers.get("x-api-key", "").strip()
+    return {"api_key": key} if key else {}
 
 
 def server_timing(timings: dict[str, float]) -> str:
@@ -142,7 +145,7 @@ class Gateway:
         headers = {"x-request-id": rid}
         if client_rid:
             headers["x-client-request-id"] = client_rid
-        route_name, status, watcher = "-", 500, None
+        route_name, status, watcher, handler = "-", 500, None, None
         try:
             if inflight.draining:
                 headers["Connection"] = "close"
@@ -153,6 +156,8 @@ class Gateway:
                 if tracing.on:
                     name_route(route, request.method, rid)
                 handler = HANDLERS[route.handler]
+                if handler.id_header:
+                    headers[handler.id_header] = rid
                 envelope = new_envelope(route_name, {"path": path_values}, request_id=rid,
                                         client_request_id=client_rid, secrets=credentials(request))
                 envelope, first = self.routes.run_leading(route_name, envelope, AUTHENTICATE)
@@ -177,10 +182,11 @@ class Gateway:
         except StepError as exc:
             # steps may set answer headers even when the route fails (x-ratelimit-* on a 429)
             headers.update((getattr(exc, "envelope", None) or {}).get("context", {}).get("headers", {}))
-            response = error_response(exc, headers)
+            response = handler.render_error(exc, headers) if handler else error_response(exc, headers)
         except Exception as exc:  # a bug must still answer in the API's format, with the id to find it by
             log(_log, logging.ERROR, "unhandled error in the gateway", error=repr(exc)[:500], exc_info=True)
-            response = error_response(as_step_error(exc), headers)
+            failure = as_step_error(exc)
+            response = handler.render_error(failure, headers) if handler else error_response(failure, headers)
         if watcher is not None:  # the route failed: the error is the answer, nothing is left to cancel
             watcher.kill()
         status = response.status_code
@@ -222,6 +228,8 @@ class Gateway:
         request.environ["eventlet.minimum_write_chunk_size"] = 0  # else eventlet buffers 4 KiB
         headers.update(envelope["context"].get("headers", {}))  # set by steps before the first chunk
 
+        renderer = handler.stream_renderer(envelope)
+
         def body():
             item, received, expected, finished, done = first, 0, None, False, None
             try:
@@ -233,19 +241,19 @@ class Gateway:
                         kind, value = item
                         if kind == "chunk":
                             received += 1
-                            out += map(handler.render_chunk, self._chunk_steps(route_name, envelope, value["data"]))
+                            out += map(renderer.render_chunk, self._chunk_steps(route_name, envelope, value["data"]))
                         elif kind == "done":
                             done = value
                             expected = value["context"]["stream"].get("sent", 0)
                             if expected == 0 and received == 0 and value.get("response") is not None:
-                                out.append(handler.render_chunk(answer_of(value)))  # answered without streaming
+                                out.append(renderer.render_chunk(answer_of(value)))  # answered without streaming
                         else:  # failed or timed out mid-stream: said in the stream; finally cancels what still runs
-                            yield b"".join([*out, handler.render_stream_error(value)])
+                            yield b"".join([*out, renderer.render_stream_error(value)])
                             return
                         if expected is not None and received >= expected:
-                            out += map(handler.render_chunk,
+                            out += map(renderer.render_chunk,
                                        self._chunk_steps(route_name, envelope, None, final=True))
-                            yield b"".join([*out, handler.render_end(done)])
+                            yield b"".join([*out, renderer.render_end(done)])
                             finished = True
                             return
                         item = chunks.get_nowait() if chunks.qsize() else None

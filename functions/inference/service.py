@@ -31,7 +31,8 @@ LOCAL_NEUTRAL = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "fu
                  "function_call": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
                  "response_format": (None, {"type": "text"}), "logprobs": (None, False), "top_logprobs": (None, 0),
                  "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
-                 "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1)}
+                 "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1),
+                 "top_k": (None, 0)}  # top_k: /v1/messages passes Anthropic's on; 0 is "off" where servers take it
 
 
 def neutral(value, values: tuple) -> bool:
@@ -257,7 +258,7 @@ class Inference:
                     clock.first_token()
                     writer.send(_chunk(rid, created, spec["id"], {"content": delta} if chat else delta, None, chat))
                 writer.send(_chunk(rid, created, spec["id"], {} if chat else "", deltas.generation.finish_reason,
-                                   chat))
+                                   chat, deltas.generation.stop_sequence))
             except StreamClosed:
                 deltas.close()  # the client left: stop generating now; what was made is still billed
         generation = deltas.generation
@@ -271,6 +272,7 @@ class Inference:
         choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                    "finish_reason": generation.finish_reason} if chat else
                   {"index": 0, "text": text, "finish_reason": generation.finish_reason, "logprobs": None})
+        choice["stop_reason"] = generation.stop_sequence
         envelope["response"] = {"id": rid, "object": kind, "created": created, "model": spec["id"],
                                 "choices": [choice], "usage": usage}
         return envelope
@@ -288,10 +290,12 @@ class Inference:
         return "".join(parts)
 
 
-def _chunk(rid: str, created: int, model: str, delta, finish_reason, chat: bool) -> dict:
-    if chat:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [choice]}
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": delta, "finish_reason": finish_reason, "logprobs": None}]}
+def _chunk(rid: str, created: int, model: str, delta, finish_reason, chat: bool, stop: str | None = None) -> dict:
+    """One streamed chunk; the last one (a finish_reason) says which stop string ended the text, as vLLM's
+    `stop_reason` does (/v1/messages answers it as stop_sequence)."""
+    choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": delta, "logprobs": None}
+    choice["finish_reason"] = finish_reason
+    if finish_reason is not None:
+        choice["stop_reason"] = stop
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}

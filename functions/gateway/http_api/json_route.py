@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime.errors import BadRequest, StepError
@@ -15,11 +16,25 @@ from scaigrid.runtime.streams import with_answer_fields
 
 from ...shared.params import params_of
 from .carried import uncarried
-from .responses import error_body, json_response
+from .responses import error_body, error_response, json_response
 
 
 def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def validated(model: type[BaseModel], body: Any, say=lambda param, msg: f"'{param}': {msg}") -> BaseModel:
+    """`body` as `model`, or a 400 naming the first field at fault (`say(field, pydantic's message)` words it in
+    the API's way)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object", code="invalid_request_body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+        raise BadRequest(say(param, first["msg"]), code=code, param=param or None) from None
 
 
 def answer_of(envelope: dict) -> Any:
@@ -32,6 +47,7 @@ class JsonRoute:
     chunks)."""
 
     max_body = 8 * 2**20  # a route's `max_body:` in graph.yaml overrides it
+    id_header: str | None = None  # a header that repeats x-request-id under the name an API's SDKs read
 
     def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
         parsed = self.read(request, path_values)
@@ -67,6 +83,14 @@ class JsonRoute:
 
     def render(self, envelope: dict, headers: dict) -> Response:
         return json_response(answer_of(envelope), 200, headers)
+
+    def render_error(self, exc: StepError, headers: dict) -> Response:
+        return error_response(exc, headers)
+
+    def stream_renderer(self, envelope: dict):
+        """What renders one stream's chunks, end and error: an API whose events carry state across chunks gives an
+        object per stream; chunks that stand alone are rendered by the handler itself."""
+        return self
 
     def render_chunk(self, data: Any) -> bytes:
         return sse(data)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from scaigrid.runtime.errors import BadRequest
-
 from ...shared.params import READS, params_of
-from .json_route import JsonRoute, sse
+from .json_route import JsonRoute, sse, validated
 from .openai_schemas import BODIES
 
 
@@ -22,16 +18,7 @@ class OpenAIRoute(JsonRoute):
         model = BODIES.get(route)
         if model is None:
             return super().params(route, body)
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object", code="invalid_request_body")
-        try:
-            validated = model.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"])
-            code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
-            raise BadRequest(f"'{param}': {first['msg']}", code=code, param=param) from None
-        return params_of(validated.model_dump(include=READS))
+        return params_of(validated(model, body).model_dump(include=READS))
 
     def render_end(self, envelope: dict) -> bytes:
         request = envelope["request"]

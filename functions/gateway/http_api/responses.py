@@ -1,4 +1,5 @@
-"""HTTP answers in one format: OpenAI's error shape for every error, JSON for every body."""
+"""HTTP answers: JSON for every body, OpenAI's error shape for every error but those of routes that speak another
+API (Anthropic's, anthropic_api.py)."""
 from __future__ import annotations
 
 import json
@@ -25,9 +26,10 @@ def error_body(exc: StepError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
 
 
-def error_response(exc: StepError, headers: dict | None = None) -> Response:
+def error_response(exc: StepError, headers: dict | None = None, body: dict | None = None) -> Response:
+    """The error as JSON with its status and Retry-After; `body` in another API's shape, else OpenAI's."""
     headers = dict(headers or {})
     retry_after = exc.details.get("retry_after") if exc.details else None
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    return json_response(error_body(exc), exc.status, headers)
+    return json_response(body if body is not None else error_body(exc), exc.status, headers)

@@ -1,0 +1,149 @@
+"""The Anthropic handler (POST /v1/messages): Anthropic's Messages API over the chat route's steps.
+
+The body is validated as Anthropic's (anthropic_schemas.py) and handed to the steps as the chat completions body
+that asks the same; the answer (a chat completion, or its chunks) goes back as a Message, or as Anthropic's typed
+events: message_start, content_block_start, content_block_delta (text_delta), content_block_stop, message_delta
+(stop_reason, exact usage), message_stop. Errors, the 401 included, are in Anthropic's shape
+({"type": "error", "error": {"type", "message"}}) with the `request-id` header its SDK reads.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from scaigrid.runtime.errors import StepError
+
+from ...shared.params import params_of
+from .anthropic_schemas import MessagesRequest, chat_body
+from .json_route import JsonRoute, answer_of, validated
+from .responses import error_response, json_response
+
+# Anthropic's error `type` for each status
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+               403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+               503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
+                "content_filter": "refusal"}
+
+
+def _say(where: str, message: str) -> str:
+    """A validation error as Anthropic words it: 'max_tokens: Field required'."""
+    message = message.removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def error_body(exc: StepError) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(exc.status) or ("invalid_request_error" if 400 <= exc.status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, **data}, separators=(",", ":")).encode() \
+        + b"\n\n"
+
+
+def message_id(envelope: dict) -> str:
+    return "msg_" + envelope["id"].removeprefix("req_")
+
+
+def stop_of(choice: dict, stops: list[str] | None) -> tuple[str | None, str | None]:
+    """(stop_reason, stop_sequence) of a chat choice. A server that says which stop string ended the text (vLLM's
+    `stop_reason`, ScaiGrid's local models) gets "stop_sequence"; one that does not, "end_turn"."""
+    finish = choice.get("finish_reason")
+    said = choice.get("stop_reason")
+    if finish == "stop" and isinstance(said, str) and said in (stops or ()):
+        return "stop_sequence", said
+    return (STOP_REASONS.get(finish, "end_turn") if finish else None), None
+
+
+def usage_of(usage: dict | None) -> dict[str, int]:
+    usage = usage or {}
+    return {"input_tokens": int(usage.get("prompt_tokens") or 0),
+            "output_tokens": int(usage.get("completion_tokens") or 0)}
+
+
+class AnthropicRoute(JsonRoute):
+    """For routes that speak Anthropic's Messages API."""
+
+    id_header = "request-id"  # what Anthropic's SDKs read as the request's id
+
+    def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.read(request, path_values)
+        sent = parsed["body"]
+        asked = validated(MessagesRequest, sent, _say)
+        parsed["body"] = body = chat_body(asked, sent)
+        parsed["params"] = params_of(body)
+        parsed["anthropic"] = {"stop_sequences": asked.stop_sequences}
+        return parsed
+
+    def render(self, envelope: dict, headers: dict) -> Response:
+        answer = answer_of(envelope)
+        choice = (answer.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content")
+        reason, sequence = stop_of(choice, envelope["request"]["anthropic"]["stop_sequences"])
+        return json_response({"id": message_id(envelope), "type": "message", "role": "assistant",
+                              "model": envelope["request"].get("model"),
+                              "content": [{"type": "text", "text": text}] if text else [],
+                              "stop_reason": reason, "stop_sequence": sequence,
+                              "usage": usage_of(envelope.get("usage") or answer.get("usage"))}, 200, headers)
+
+    def render_error(self, exc: StepError, headers: dict) -> Response:
+        return error_response(exc, headers, error_body(exc))
+
+    def stream_renderer(self, envelope: dict) -> MessageStream:
+        return MessageStream(envelope)
+
+
+class MessageStream:
+    """One stream's chunks as Anthropic's events: it remembers whether the message and its text block began, and
+    how the text ended, which the chunks say only once."""
+
+    def __init__(self, envelope: dict):
+        self.envelope, self.started, self.open = envelope, False, False
+        self.stops = envelope["request"]["anthropic"]["stop_sequences"]
+        self.reason: tuple[str | None, str | None] = (None, None)
+        self.usage: dict | None = None
+
+    def _start(self) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        envelope = self.envelope
+        return event("message_start", {"message": {
+            "id": message_id(envelope), "type": "message", "role": "assistant",
+            "model": envelope["request"].get("model"), "content": [], "stop_reason": None, "stop_sequence": None,
+            # the prompt is counted where the model runs: message_delta carries the exact counts
+            "usage": {"input_tokens": 0, "output_tokens": 0}}})
+
+    def render_chunk(self, data: Any) -> bytes:
+        out = [self._start()]
+        data = data if isinstance(data, dict) else {}
+        for choice in data.get("choices") or ():
+            # a delta, or a whole message where the route answered without streaming
+            text = (choice.get("delta") or choice.get("message") or {}).get("content")
+            if text:
+                if not self.open:
+                    self.open = True
+                    out.append(event("content_block_start", {"index": 0, "content_block": {"type": "text",
+                                                                                            "text": ""}}))
+                out.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}))
+            if choice.get("finish_reason"):
+                self.reason = stop_of(choice, self.stops)
+        if data.get("usage"):
+            self.usage = data["usage"]
+        return b"".join(out)
+
+    def render_end(self, envelope: dict) -> bytes:
+        out = [self._start()]
+        if self.open:
+            out.append(event("content_block_stop", {"index": 0}))
+        reason, sequence = self.reason
+        out.append(event("message_delta", {"delta": {"stop_reason": reason or "end_turn", "stop_sequence": sequence},
+                                           "usage": usage_of(envelope.get("usage") or self.usage)}))
+        out.append(event("message_stop", {}))
+        return b"".join(out)
+
+    def render_stream_error(self, exc: StepError) -> bytes:
+        return event("error", {"error": error_body(exc)["error"]})
