@@ -105,3 +105,13 @@ def models_root():
                     f"({', '.join(prep.missing_export())}): pip install -e '.[export]' && scaigrid models prepare")
     prep.prepare(root=root, progress=False, log=lambda line: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def surfaces(tmp_path_factory):
+    """The API surfaces' stack (tests/surfaces.py), shared by the modules that test them."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by ./dev.sh")
+    from surfaces import surface_stack
+
+    with throwaway_database() as url, surface_stack(url, tmp_path_factory.mktemp("surfaces")) as stack:
+        yield stack

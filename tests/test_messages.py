@@ -1,72 +1,18 @@
 """POST /v1/messages, Anthropic's Messages API, driven with the official `anthropic` SDK: graph.yaml as shipped
 (auth, admission, plugins, ledger) with its local model and an upstream (llama-cpp-python's server), streamed and
 not; Anthropic's errors; the same budget, guardrails and ledger as chat completions."""
-import subprocess
-import time
-from pathlib import Path
-
 import anthropic
 import httpx
-import openai
-import psycopg2
 import pytest
-import yaml
 
-from conftest import bootstrap_key, launch
-from llama_upstream import llama_server
-from scaigrid.runtime.testing import SCAIGRID
+from surfaces import ASK, LOCAL, PRICE, UPSTREAM, deny_list, ledger_row
 
-pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by ./dev.sh")
-
-REPO = Path(__file__).resolve().parents[1]
-LOCAL, UPSTREAM = "smollm2-135m-instruct", "llama"
-PRICE = {"prompt": 1000, "completion": 2000}  # micro-units per 1,000 tokens: a budget has something to count
-ASK = [{"role": "user", "content": "Name three colours."}]
 T0 = {"temperature": 0}  # greedy; the SDK has no sampling arguments any more (extra_body sends them)
 
 
 @pytest.fixture(scope="module")
-def stack(database_url, tmp_path_factory):
-    subprocess.run([*SCAIGRID, "models", "prepare"], check=True, timeout=3600)
-    tmp = tmp_path_factory.mktemp("messages")
-    with llama_server(tmp) as llama:
-        spec = yaml.safe_load((REPO / "graph.yaml").read_text())
-        models = spec["functions"]["inference"]["config"]["models"]
-        for model in models:
-            model["price"] = PRICE
-        models.append({"id": UPSTREAM, "kind": "chat", "backend": "openai", "price": PRICE,
-                       "upstream": {"base_url": llama + "/v1", "model": "smollm2", "retries": 0, "timeout": 60}})
-        (tmp / "graph.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        graph = launch(tmp / "graph.yaml", tmp, env={"SCAIGRID_DATABASE_URL": database_url})
-        try:
-            graph.database_url = database_url
-            graph.admin = {"Authorization": f"Bearer {bootstrap_key(database_url)}"}
-            graph.tenant = httpx.post(graph.base_url + "/api/v1/tenants", json={"name": "messages"},
-                                      headers=graph.admin).json()
-            graph.new_key = lambda name: httpx.post(f"{graph.base_url}/api/v1/tenants/{graph.tenant['id']}/keys",
-                                                    json={"name": name}, headers=graph.admin).json()
-            graph.key = graph.new_key("sdk")
-            graph.client = anthropic.Anthropic(base_url=graph.base_url, api_key=graph.key["key"], max_retries=0,
-                                               timeout=120)
-            graph.openai = openai.OpenAI(base_url=graph.base_url + "/v1", api_key=graph.key["key"],
-                                         max_retries=0, timeout=120)
-            yield graph
-        finally:
-            graph.stop()
-
-
-def ledger_row(stack, request_id: str, timeout: float = 15) -> tuple | None:
-    deadline = time.monotonic() + timeout
-    with psycopg2.connect(stack.database_url) as conn, conn.cursor() as cur:
-        while time.monotonic() < deadline:
-            cur.execute("SELECT route, model, prompt_tokens, completion_tokens, cost_micros, status FROM usage_ledger"
-                        " WHERE request_id = %s", (request_id,))
-            row = cur.fetchone()
-            if row:
-                return row
-            conn.commit()
-            time.sleep(0.2)
-    return None
+def stack(surfaces):
+    return surfaces
 
 
 @pytest.mark.parametrize("model", [LOCAL, UPSTREAM])
@@ -183,22 +129,21 @@ def test_a_budget_that_stops_chat_stops_messages_and_back(stack):
 
 
 def test_guardrails_apply_to_messages_in_and_out(stack):
-    plugin = httpx.post(stack.base_url + "/api/v1/plugins", headers=stack.admin, json={
-        "name": "no-secrets", "kind": "deny_list", "tenant_id": stack.tenant["id"],
-        "config": {"words": ["classified"], "check": ["request", "answer"]}})
-    assert plugin.status_code == 201, plugin.text
-    try:
+    with deny_list(stack, "no-secrets", ["classified"]):
         with pytest.raises(anthropic.APIStatusError) as refused:
             stack.client.messages.create(model=LOCAL, max_tokens=4, messages=[
                 {"role": "user", "content": "Tell me the classified plan."}])
-        assert refused.value.status_code in (400, 403)
-        assert refused.value.body["type"] == "error"
+        assert refused.value.status_code in (400, 403) and refused.value.body["type"] == "error"
         with pytest.raises(anthropic.APIStatusError):
             stack.client.messages.create(model=LOCAL, max_tokens=4, system="classified", messages=ASK)
-        assert stack.client.messages.create(model=LOCAL, max_tokens=4, messages=ASK).content
-    finally:
-        httpx.delete(f"{stack.base_url}/api/v1/plugins/{plugin.json()['id']}", headers=stack.admin)
-
+    said = stack.client.messages.create(model=LOCAL, max_tokens=12, extra_body=T0, messages=ASK).content[0].text
+    word = max(said.split(), key=len).strip(".,:!")  # a word of the answer: the guardrail scrubs it from the answer
+    with deny_list(stack, "no-word", [word]):
+        plain = stack.client.messages.create(model=LOCAL, max_tokens=12, extra_body=T0, messages=ASK)
+        with stack.client.messages.stream(model=LOCAL, max_tokens=12, extra_body=T0, messages=ASK) as stream:
+            streamed = "".join(stream.text_stream)
+    for text in (plain.content[0].text, streamed):
+        assert word not in text and "[removed]" in text, (word, text)
 
 
 def test_the_langchain_examples_of_docs_api_md(stack):
@@ -211,6 +156,9 @@ def test_the_langchain_examples_of_docs_api_md(stack):
     assert answer.content and answer.usage_metadata["output_tokens"] <= 8
     answer = ChatOpenAI(base_url=stack.base_url + "/v1", api_key=key, model=LOCAL, max_tokens=8).invoke("Hi")
     assert answer.content and answer.usage_metadata["output_tokens"] <= 8
+    answer = ChatOpenAI(base_url=stack.base_url + "/v1", api_key=key, model=LOCAL, max_tokens=8,
+                        use_responses_api=True).invoke("Name three colours.")
+    assert answer.text and answer.usage_metadata["output_tokens"] <= 8
     vector = OpenAIEmbeddings(base_url=stack.base_url + "/v1", api_key=key, model="all-minilm-l6-v2",
                               check_embedding_ctx_length=False).embed_query("hello")
     assert len(vector) == 384

@@ -1,4 +1,4 @@
-"""The relational schema: tenants, API keys (hashed), the audit log."""
+"""The relational schema: tenants, API keys (hashed), the audit log, the ledger, plugins, stored responses."""
 from __future__ import annotations
 
 import uuid
@@ -127,3 +127,20 @@ class PluginInstance(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StoredResponse(Base):
+    """A /v1/responses answer kept for GET and previous_response_id (unless the request said store: false): the
+    response object as answered, and the conversation it answered (without instructions, which do not carry
+    over), so a follow-up costs one read. Seen only by its own tenant."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_<32 hex>
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    model: Mapped[str] = mapped_column(String(256))
+    conversation: Mapped[list] = mapped_column(JSONB)  # chat messages: the history, then this request's input
+    response: Mapped[dict] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -251,8 +251,8 @@ class Gateway:
                             yield b"".join([*out, renderer.render_stream_error(value)])
                             return
                         if expected is not None and received >= expected:
-                            out += map(renderer.render_chunk,
-                                       self._chunk_steps(route_name, envelope, None, final=True))
+                            out += map(renderer.render_chunk, self._chunk_steps(
+                                route_name, envelope, None, final=True, usage=done.get("usage")))
                             yield b"".join([*out, renderer.render_end(done)])
                             finished = True
                             return
@@ -278,10 +278,10 @@ class Gateway:
         response.call_on_close(on_close)
         return response
 
-    def _chunk_steps(self, route_name: str, envelope: dict, data, final: bool = False) -> list:
+    def _chunk_steps(self, route_name: str, envelope: dict, data, final: bool = False, usage=None) -> list:
         """A streamed chunk through the route's `chunks:` steps (inline); they may hold text back and release it
-        later, at the latest on the final call (no data). The envelope is the one the inline steps of the route
-        wrote their state into."""
+        later, at the latest on the final call (no data, the route's usage). The envelope is the one the inline
+        steps of the route wrote their state into."""
         steps = self.routes.graph.routes[route_name].chunk_specs()
         if not steps:
             return [data] if data is not None else []
@@ -291,7 +291,7 @@ class Gateway:
             calls = [(piece, False) for piece in pieces] + ([(None, True)] if final else [])
             for piece, last in calls:
                 chunk = {"id": envelope["id"], "tenant": envelope.get("tenant"), "context": envelope["context"],
-                         "data": piece, "final": last}
+                         "data": piece, "final": last, **({"usage": usage} if last else {})}
                 out += self.routes.call(step.step, chunk, request_id=envelope["id"]).get("emit", [])
             pieces = out
         return pieces

@@ -107,7 +107,9 @@ class Inference:
         """A model as OpenAI's model object says it, and what ScaiGrid adds (kind, backend, where it runs)."""
         return {"id": spec["id"], "object": "model", "created": STARTED, "owned_by": spec.get("owned_by", "scaigrid"),
                 "kind": spec.get("kind"), "backend": spec.get("backend"),
-                "context_length": spec.get("context_length"), "provider": self.local.provider(spec["id"])}
+                "context_length": spec.get("context_length"), "provider": self.local.provider(spec["id"]),
+                # chat models: how /v1/responses and /v1/messages reach them (their body as chat completions)
+                **({"responses": "translated", "messages": "translated"} if spec.get("kind") == "chat" else {})}
 
     @rpc
     def chat(self, envelope: dict) -> dict:

@@ -3,5 +3,7 @@ from .anthropic_api import AnthropicRoute
 from .json_route import JsonRoute
 from .native import NativeRoute
 from .openai_api import OpenAIRoute
+from .openai_responses import ResponsesRoute
 
-HANDLERS = {"json": JsonRoute(), "native": NativeRoute(), "openai": OpenAIRoute(), "anthropic": AnthropicRoute()}
+HANDLERS = {"json": JsonRoute(), "native": NativeRoute(), "openai": OpenAIRoute(), "anthropic": AnthropicRoute(),
+            "responses": ResponsesRoute()}

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime.errors import StepError
 
+from ...shared.chunks import choices
 from ...shared.params import params_of
 from .anthropic_schemas import MessagesRequest, chat_body
 from .json_route import JsonRoute, answer_of, validated
@@ -119,10 +120,7 @@ class MessageStream:
 
     def render_chunk(self, data: Any) -> bytes:
         out = [self._start()]
-        data = data if isinstance(data, dict) else {}
-        for choice in data.get("choices") or ():
-            # a delta, or a whole message where the route answered without streaming
-            text = (choice.get("delta") or choice.get("message") or {}).get("content")
+        for text, choice in choices(data):
             if text:
                 if not self.open:
                     self.open = True
@@ -131,7 +129,7 @@ class MessageStream:
                 out.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}))
             if choice.get("finish_reason"):
                 self.reason = stop_of(choice, self.stops)
-        if data.get("usage"):
+        if isinstance(data, dict) and data.get("usage"):
             self.usage = data["usage"]
         return b"".join(out)
 

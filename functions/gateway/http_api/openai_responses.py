@@ -1,0 +1,95 @@
+"""The responses handler (POST /v1/responses): OpenAI's Responses API over the chat route's steps.
+
+The body is validated (openai_responses_schemas.py) and handed to the steps as the chat completions body it asks
+for; responses.recall puts a previous response's conversation in front, responses.keep turns the chat answer into
+the response object (and stores it). A stream is the Responses API's typed events, each with its sequence_number:
+response.created, response.in_progress, response.output_item.added, response.content_part.added,
+response.output_text.delta ..., response.output_text.done, response.content_part.done,
+response.output_item.done, then response.completed (or response.incomplete at max_output_tokens) with the whole
+response, usage included. Errors are OpenAI's shape; one mid-stream is an `error` event.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from werkzeug.wrappers import Request
+
+from scaigrid.runtime.errors import StepError
+
+from ...shared.chunks import choices
+from ...shared.params import params_of
+from ...shared.response_objects import item_id, message_item, response_object, text_part
+from .json_route import JsonRoute, validated
+from .openai_responses_schemas import ResponsesRequest, chat_body, meta_of
+
+
+class ResponsesRoute(JsonRoute):
+    """For routes that speak OpenAI's Responses API."""
+
+    def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.read(request, path_values)
+        asked = validated(ResponsesRequest, parsed["body"])
+        parsed["body"] = body = chat_body(asked, parsed["body"])
+        parsed["params"] = params_of(body)
+        parsed["responses"] = meta_of(asked)
+        return parsed
+
+    def stream_renderer(self, envelope: dict) -> ResponseStream:
+        return ResponseStream(envelope)
+
+
+class ResponseStream:
+    """One stream's chunks as the Responses API's events: the numbering, whether the message began, its text."""
+
+    def __init__(self, envelope: dict):
+        self.request_id, self.meta = envelope["id"], envelope["context"]["responses"]
+        self.seq, self.started, self.opened, self.pieces, self.finish = 0, False, False, [], None
+        self.item = item_id(self.request_id)
+
+    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
+        self.seq += 1
+        payload = json.dumps({"type": kind, **data, "sequence_number": self.seq - 1}, separators=(",", ":"))
+        return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        response = response_object(self.request_id, self.meta, "in_progress")
+        return [self._event("response.created", {"response": response}),
+                self._event("response.in_progress", {"response": response})]
+
+    def _open(self) -> list[bytes]:
+        if self.opened:
+            return []
+        self.opened = True
+        return [self._event("response.output_item.added",
+                            {"output_index": 0, "item": message_item(self.request_id, None, "in_progress")}),
+                self._event("response.content_part.added",
+                            {"item_id": self.item, "output_index": 0, "content_index": 0, "part": text_part("")})]
+
+    def render_chunk(self, data: Any) -> bytes:
+        out = self._start()
+        for text, choice in choices(data):
+            if text:
+                out += self._open()
+                self.pieces.append(text)
+                out.append(self._event("response.output_text.delta", {
+                    "item_id": self.item, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}))
+            self.finish = choice.get("finish_reason") or self.finish
+        return b"".join(out)
+
+    def render_end(self, envelope: dict) -> bytes:
+        out, text = self._start() + self._open(), "".join(self.pieces)
+        where = {"item_id": self.item, "output_index": 0, "content_index": 0}
+        out.append(self._event("response.output_text.done", {**where, "text": text, "logprobs": []}))
+        out.append(self._event("response.content_part.done", {**where, "part": text_part(text)}))
+        out.append(self._event("response.output_item.done",
+                               {"output_index": 0, "item": message_item(self.request_id, text, "completed")}))
+        response = response_object(self.request_id, self.meta, "completed", text, self.finish, envelope.get("usage"))
+        out.append(self._event(f"response.{response['status']}", {"response": response}))
+        return b"".join(out)
+
+    def render_stream_error(self, exc: StepError) -> bytes:
+        return self._event("error", {"code": exc.code, "message": exc.message, "param": exc.param})

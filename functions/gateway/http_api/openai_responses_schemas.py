@@ -1,0 +1,111 @@
+"""OpenAI Responses request bodies (POST /v1/responses), validated at the door, and their translation into the chat
+completions body the route's steps serve (for local models and upstreams alike: no upstream is asked to speak the
+Responses API, which few OpenAI-compatible servers do; /v1/models says `responses: translated`).
+
+Translated: `input` (a string, or message items whose content is a string or input_text/output_text parts) ->
+messages (`developer` as `system`, which every chat template knows); `instructions` -> a system message first (not
+carried over to a follow-up, as OpenAI's are not); `max_output_tokens` -> `max_tokens`; `temperature`, `top_p`,
+`user`, `stream` (with the usage chunk asked for), ScaiGrid's `rag`. `previous_response_id` and `store` are the
+responses function's (the history is prepended by responses.recall). What would change the answer and is not
+served is a 400 naming it: tools, non-text formats, reasoning effort, item types other than messages.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .openai_schemas import RagRequest
+
+
+class Part(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["input_text", "output_text", "text"] = Field(description="text parts only: no images or files")
+    text: str
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["message"] = Field("message", description="message items only: no function calls yet")
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[Part]
+
+
+class Format(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["text"] = Field(description="plain text only: no json_schema yet")
+
+
+class Text(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: Format | None = None
+
+
+class Reasoning(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    effort: None = Field(None, description="no reasoning models are served")
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$",
+                       description="a model id of GET /v1/models")
+    input: str | list[Item] = Field(min_length=1)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    store: bool = True
+    previous_response_id: str | None = Field(None, min_length=1, max_length=64)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    user: str | None = Field(None, max_length=256)
+    text: Text | None = None
+    reasoning: Reasoning | None = None
+    tools: list[Any] | None = Field(None, max_length=0, description="tools are not served on /v1/responses yet")
+    tool_choice: Literal["none", "auto"] | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Literal["disabled", "auto"] | None = None
+    rag: RagRequest | None = Field(None, description="ScaiGrid: answer from these collections, with citations")
+
+
+def _text(content: str | list[Part]) -> str:
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+def input_messages(request: ResponsesRequest) -> list[dict[str, str]]:
+    if isinstance(request.input, str):
+        return [{"role": "user", "content": request.input}]
+    return [{"role": "system" if item.role == "developer" else item.role, "content": _text(item.content)}
+            for item in request.input]
+
+
+def chat_body(request: ResponsesRequest, sent: dict[str, Any]) -> dict[str, Any]:
+    """The chat completions body for this request alone (responses.recall puts the history in front)."""
+    system = [{"role": "system", "content": request.instructions}] if request.instructions is not None else []
+    body: dict[str, Any] = {"model": request.model, "messages": system + input_messages(request)}
+    if request.max_output_tokens is not None:
+        body["max_tokens"] = request.max_output_tokens
+    for name in ("temperature", "top_p", "user"):
+        if getattr(request, name) is not None:
+            body[name] = getattr(request, name)
+    if request.stream:
+        body["stream"], body["stream_options"] = True, {"include_usage": True}
+    if request.rag is not None:
+        body["rag"] = sent["rag"]  # as sent, as the chat route passes it
+    return body
+
+
+def meta_of(request: ResponsesRequest) -> dict[str, Any]:
+    """What the response object echoes, and what the responses function needs (context.responses)."""
+    return {"model": request.model, "instructions": request.instructions,
+            "max_output_tokens": request.max_output_tokens, "previous_response_id": request.previous_response_id,
+            "store": request.store, "temperature": 1.0 if request.temperature is None else request.temperature,
+            "top_p": 1.0 if request.top_p is None else request.top_p,
+            "metadata": request.metadata or {}, "user": request.user, "input_messages": input_messages(request)}
