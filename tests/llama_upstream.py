@@ -33,12 +33,14 @@ def smollm2_gguf() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(tmp: Path, alias: str = "smollm2") -> Iterator[str]:
-    """The server's base URL (without /v1) once it answers; its log in tmp/llama.log."""
+def llama_server(tmp: Path, alias: str = "smollm2", chat_format: str | None = None) -> Iterator[str]:
+    """The server's base URL (without /v1) once it answers; its log in tmp/llama.log. chat_format
+    "chatml-function-calling" serves tools (and tool_choice), streamed tool-call deltas included."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
                                "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
-                               "--n_ctx", "2048", "--n_threads", "1"],
+                               "--n_ctx", "2048", "--n_threads", "1",
+                               *(["--chat_format", chat_format] if chat_format else [])],
                               stdout=subprocess.DEVNULL, stderr=open(tmp / "llama.log", "w"))
     url = f"http://127.0.0.1:{port}"
     try:

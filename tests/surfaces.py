@@ -1,6 +1,6 @@
 """One stack for the API surfaces' tests (tests/test_messages.py, tests/test_responses.py): graph.yaml as shipped,
 its local models priced (a budget has something to count), plus an upstream model on llama-cpp-python's server;
-a tenant with a member key, the official anthropic and openai SDKs pointed at it."""
+a tenant with a member key, the official anthropic and openai SDKs pointed at it. The upstream serves tools."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +28,7 @@ ASK = [{"role": "user", "content": "Name three colours."}]
 @contextlib.contextmanager
 def surface_stack(database_url: str, tmp: Path) -> Iterator:
     subprocess.run([*SCAIGRID, "models", "prepare"], check=True, timeout=3600)
-    with llama_server(tmp) as llama:
+    with llama_server(tmp, chat_format="chatml-function-calling") as llama:  # tools too (tests/test_tool_calls.py)
         spec = yaml.safe_load((REPO / "graph.yaml").read_text())
         models = spec["functions"]["inference"]["config"]["models"]
         for model in models:
@@ -80,3 +80,27 @@ def deny_list(stack, name: str, words: list[str]) -> Iterator[dict]:
         yield plugin.json()
     finally:
         httpx.delete(f"{stack.base_url}/api/v1/plugins/{plugin.json()['id']}", headers=stack.admin)
+
+
+SURFACES = {"chat": ("/v1/chat/completions", {"model": UPSTREAM, "max_tokens": 8, "messages": ASK}),
+            "messages": ("/v1/messages", {"model": UPSTREAM, "max_tokens": 8, "messages": ASK}),
+            "responses": ("/v1/responses", {"model": UPSTREAM, "max_output_tokens": 8, "input": "Hi"})}
+
+
+def spent_key(stack, surface: str) -> dict:
+    """A key whose daily budget (1 micro-unit) one request on `surface` used up: admitted while nothing was spent,
+    it cost more; once its ledger row is in (reconciled), the spend stays past the budget for the day."""
+    key = stack.new_key(f"budget-{surface}")
+    assert httpx.put(f"{stack.base_url}/api/v1/keys/{key['id']}/limits", json={"daily_budget_micros": 1},
+                     headers=stack.admin).status_code == 200
+    path, body = SURFACES[surface]
+    r = httpx.post(stack.base_url + path, json=body, headers={"Authorization": f"Bearer {key['key']}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert ledger_row(stack, r.headers["x-request-id"]) is not None
+    return key
+
+
+def ask_with(stack, key: dict, surface: str) -> httpx.Response:
+    path, body = SURFACES[surface]
+    return httpx.post(stack.base_url + path, json=body, headers={"Authorization": f"Bearer {key['key']}"},
+                      timeout=60)

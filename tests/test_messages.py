@@ -5,7 +5,7 @@ import anthropic
 import httpx
 import pytest
 
-from surfaces import ASK, LOCAL, PRICE, UPSTREAM, deny_list, ledger_row
+from surfaces import ASK, LOCAL, PRICE, UPSTREAM, ask_with, deny_list, ledger_row, spent_key
 
 T0 = {"temperature": 0}  # greedy; the SDK has no sampling arguments any more (extra_body sends them)
 
@@ -108,24 +108,16 @@ def test_typed_special_tokens_stay_text(stack):
 
 def test_a_budget_that_stops_chat_stops_messages_and_back(stack):
     for first, then in (("chat", "messages"), ("messages", "chat")):
-        key = stack.new_key(f"budget-{first}")
-        r = httpx.put(f"{stack.base_url}/api/v1/keys/{key['id']}/limits", json={"daily_budget_micros": 60},
-                      headers=stack.admin)
-        assert r.status_code == 200
-        headers = {"Authorization": f"Bearer {key['key']}"}
-        ask = {"chat": ("/v1/chat/completions", {"model": UPSTREAM, "max_tokens": 8, "messages": ASK}),
-               "messages": ("/v1/messages", {"model": UPSTREAM, "max_tokens": 8, "messages": ASK})}
-        statuses = [httpx.post(stack.base_url + ask[first][0], json=ask[first][1], headers=headers,
-                               timeout=60).status_code for _ in range(12)]
-        assert 200 in statuses and statuses[-1] == 429, statuses
-        r = httpx.post(stack.base_url + ask[then][0], json=ask[then][1], headers=headers, timeout=60)
-        assert r.status_code == 429
-        error = r.json()["error"]
-        assert error["type"] == "rate_limit_error"
-        if then == "messages":
-            assert r.json()["type"] == "error" and "budget" in error["message"]
-        else:
-            assert error["code"] == "daily_budget_exceeded"
+        key = spent_key(stack, first)
+        for surface in (then, first):
+            r = ask_with(stack, key, surface)
+            assert r.status_code == 429, (first, surface, r.text)
+            error = r.json()["error"]
+            assert error["type"] == "rate_limit_error"
+            if surface == "messages":
+                assert r.json()["type"] == "error" and "budget" in error["message"]
+            else:
+                assert error["code"] == "daily_budget_exceeded"
 
 
 def test_guardrails_apply_to_messages_in_and_out(stack):

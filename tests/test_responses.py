@@ -5,7 +5,7 @@ import httpx
 import openai
 import pytest
 
-from surfaces import ASK, LOCAL, UPSTREAM, deny_list, ledger_row
+from surfaces import ASK, LOCAL, UPSTREAM, ask_with, deny_list, ledger_row, spent_key
 
 
 @pytest.fixture(scope="module")
@@ -131,22 +131,12 @@ def test_bad_input_is_a_400_naming_it_and_no_key_a_401(stack):
     assert models[LOCAL]["responses"] == models[UPSTREAM]["responses"] == "translated"
 
 
-def test_a_budget_that_stops_chat_stops_responses(stack):
-    key = stack.new_key("budget-responses")
-    assert httpx.put(f"{stack.base_url}/api/v1/keys/{key['id']}/limits", json={"daily_budget_micros": 60},
-                     headers=stack.admin).status_code == 200
-    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=key["key"], max_retries=0)
-    statuses = []
-    for _ in range(12):
-        try:
-            client.chat.completions.create(model=UPSTREAM, max_tokens=8, messages=ASK)
-            statuses.append(200)
-        except openai.RateLimitError:
-            statuses.append(429)
-    assert 200 in statuses and statuses[-1] == 429, statuses
-    with pytest.raises(openai.RateLimitError) as refused:
-        client.responses.create(model=UPSTREAM, input="Hi", max_output_tokens=8)
-    assert refused.value.code == "daily_budget_exceeded"
+def test_a_budget_that_stops_chat_stops_responses_and_back(stack):
+    for first, then in (("chat", "responses"), ("responses", "chat")):
+        key = spent_key(stack, first)
+        for surface in (then, first):
+            r = ask_with(stack, key, surface)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "daily_budget_exceeded", (first, surface)
 
 
 def test_guardrails_apply_to_responses_in_and_out_and_the_stored_one_is_what_the_client_got(stack):

@@ -241,9 +241,11 @@ def usage_of(answer: dict) -> dict[str, Any]:
 
 def estimated_usage(body: dict, pieces: int) -> dict[str, Any]:
     """For an upstream that streams without reporting usage (llama.cpp's server, older vLLM): one token per
-    content chunk, which is how these servers stream, and the prompt at ~4 bytes a token. Marked as estimated,
-    so a streamed answer is never billed as zero."""
-    prompt = body.get("messages", body.get("prompt", ""))
+    chunk of output (text or a piece of a tool call), which is how these servers stream, and the prompt at ~4 bytes
+    a token, the tool definitions included (they are prompted too). Marked as estimated, so a streamed answer is
+    never billed as zero."""
+    prompt = [body.get("messages", body.get("prompt", "")), *(body[k] for k in ("tools", "functions") if body.get(k))]
+    prompt = prompt[0] if len(prompt) == 1 else prompt
     prompt_tokens = -(-len(json.dumps(prompt, ensure_ascii=False).encode()) // 4)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": pieces, "total_tokens": prompt_tokens + pieces,
             "estimated": True}

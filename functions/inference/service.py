@@ -151,8 +151,7 @@ class Inference:
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 if chunk.get("choices"):
-                    content = any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk["choices"])
-                    if content:
+                    if any(_generated(c) for c in chunk["choices"]):
                         clock.first_token()
                         pieces += 1
                     writer.send(chunk)
@@ -290,6 +289,12 @@ class Inference:
                 deltas.close()
                 break
         return "".join(parts)
+
+
+def _generated(choice: dict) -> bool:
+    """The choice of a streamed chunk carries generated output: text, or a piece of a tool call."""
+    delta = choice.get("delta") or {}
+    return bool(delta.get("content") or choice.get("text") or delta.get("tool_calls") or delta.get("function_call"))
 
 
 def _chunk(rid: str, created: int, model: str, delta, finish_reason, chat: bool, stop: str | None = None) -> dict:

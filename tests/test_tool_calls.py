@@ -1,0 +1,61 @@
+"""Tool calls and response_format through the chat route to an upstream that serves them (llama-cpp-python's
+server, chatml-function-calling): passed on as sent, streamed tool-call deltas relayed intact, and counted in usage
+when the upstream streams none. Local models refuse tools (tests/test_local_models.py)."""
+import json
+
+import httpx
+import pytest
+
+from surfaces import UPSTREAM, ledger_row
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+FORCED = {"type": "function", "function": {"name": "get_weather"}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def stack(surfaces):
+    return surfaces
+
+
+def test_a_tool_call_comes_back_as_the_upstream_made_it_with_its_usage(stack):
+    answer = stack.openai.chat.completions.create(model=UPSTREAM, messages=ASK, tools=WEATHER, tool_choice=FORCED,
+                                                  max_tokens=40, temperature=0)
+    call = answer.choices[0].message.tool_calls[0]
+    assert answer.choices[0].finish_reason == "tool_calls"
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    row = ledger_row(stack, answer._request_id)
+    assert row is not None and row[2:4] == (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    assert answer.usage.completion_tokens > 0
+
+
+def test_streamed_tool_call_deltas_are_relayed_intact_and_counted(stack):
+    body = {"model": UPSTREAM, "messages": ASK, "tools": WEATHER, "tool_choice": FORCED, "max_tokens": 40,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", stack.base_url + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {stack.key['key']}"}) as r:
+        rid = r.headers["x-request-id"]
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    calls = [d["tool_calls"] for d in deltas if d.get("tool_calls")]
+    assert calls, deltas
+    # the pieces are the upstream's own: index, id and name up front, then argument fragments that join into JSON
+    assert calls[0][0]["index"] == 0 and calls[0][0]["function"]["name"] == "get_weather" and calls[0][0]["id"]
+    arguments = "".join(piece[0]["function"].get("arguments") or "" for piece in calls)
+    assert isinstance(json.loads(arguments)["city"], str)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    row = ledger_row(stack, rid)
+    # this upstream streams no usage: ScaiGrid's estimate counts each tool-call piece, and the tools in the prompt
+    assert row is not None and row[3] >= len(calls) > 0
+    assert row[2] > len(json.dumps(ASK)) // 4
+
+
+def test_response_format_reaches_the_upstream(stack):
+    answer = stack.openai.chat.completions.create(
+        model=UPSTREAM, max_tokens=24, temperature=0, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Describe Paris."}])
+    # the server constrains its output to JSON when, and only when, it was asked for it
+    assert answer.choices[0].message.content.lstrip().startswith("{")
