@@ -9,7 +9,7 @@ from nameko.rpc import rpc
 from scaigrid.adapters.sql.response_store import ResponseStore
 from scaigrid.runtime.errors import NotFound
 
-from ..shared.chunks import choices
+from ..shared.chunks import added_fields, choices
 from ..shared.response_objects import response_object
 
 
@@ -64,8 +64,9 @@ class Responses:
             return envelope
         meta, answer = envelope["context"]["responses"], envelope["response"]
         choice = (answer.get("choices") or [{}])[0]
-        response = response_object(envelope["id"], meta, "completed", (choice.get("message") or {}).get("content"),
-                                   choice.get("finish_reason"), envelope.get("usage") or answer.get("usage"))
+        response = {**response_object(envelope["id"], meta, "completed", (choice.get("message") or {}).get("content"),
+                                      choice.get("finish_reason"), envelope.get("usage") or answer.get("usage")),
+                    **added_fields(answer), **(envelope["context"].get("answer_fields") or {})}
         self._keep(envelope["tenant"], meta, response)
         envelope["response"] = response
         return envelope
@@ -75,14 +76,16 @@ class Responses:
         """A streamed chunk, passed on as is; its text (as the client gets it: after the chunk steps before this
         one) is gathered, and on the final call the response is kept, before the stream's last event."""
         meta, data = chunk["context"]["responses"], chunk.get("data")
-        streamed = meta.setdefault("streamed", {"pieces": [], "finish": None})
+        streamed = meta.get("streamed")
+        if streamed is None:  # the first chunk: it carries what steps added to the answer (rag's citations)
+            streamed = meta["streamed"] = {"pieces": [], "finish": None, "added": added_fields(data)}
         for text, choice in choices(data):
             if text:
                 streamed["pieces"].append(text)
             streamed["finish"] = choice.get("finish_reason") or streamed["finish"]
         if chunk.get("final"):
-            response = response_object(chunk["id"], meta, "completed", "".join(streamed["pieces"]),
-                                       streamed["finish"], chunk.get("usage"))
+            response = {**response_object(chunk["id"], meta, "completed", "".join(streamed["pieces"]),
+                                          streamed["finish"], chunk.get("usage")), **streamed["added"]}
             self._keep(chunk["tenant"], meta, response)
         chunk["emit"] = [data] if data is not None else []
         return chunk

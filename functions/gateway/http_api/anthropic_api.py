@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from scaigrid.runtime.errors import StepError
 
-from ...shared.chunks import choices
+from ...shared.chunks import added_fields, choices
 from ...shared.params import params_of
 from .anthropic_schemas import MessagesRequest, chat_body
 from .json_route import JsonRoute, answer_of, validated
@@ -88,7 +88,8 @@ class AnthropicRoute(JsonRoute):
                               "model": envelope["request"].get("model"),
                               "content": [{"type": "text", "text": text}] if text else [],
                               "stop_reason": reason, "stop_sequence": sequence,
-                              "usage": usage_of(envelope.get("usage") or answer.get("usage"))}, 200, headers)
+                              "usage": usage_of(envelope.get("usage") or answer.get("usage")),
+                              **added_fields(answer)}, 200, headers)
 
     def render_error(self, exc: StepError, headers: dict) -> Response:
         return error_response(exc, headers, error_body(exc))
@@ -107,7 +108,7 @@ class MessageStream:
         self.reason: tuple[str | None, str | None] = (None, None)
         self.usage: dict | None = None
 
-    def _start(self) -> bytes:
+    def _start(self, first: Any = None) -> bytes:
         if self.started:
             return b""
         self.started = True
@@ -116,10 +117,10 @@ class MessageStream:
             "id": message_id(envelope), "type": "message", "role": "assistant",
             "model": envelope["request"].get("model"), "content": [], "stop_reason": None, "stop_sequence": None,
             # the prompt is counted where the model runs: message_delta carries the exact counts
-            "usage": {"input_tokens": 0, "output_tokens": 0}}})
+            "usage": {"input_tokens": 0, "output_tokens": 0}, **added_fields(first)}})
 
     def render_chunk(self, data: Any) -> bytes:
-        out = [self._start()]
+        out = [self._start(data)]  # a stream's first chunk carries what steps added (rag's citations)
         for text, choice in choices(data):
             if text:
                 if not self.open:

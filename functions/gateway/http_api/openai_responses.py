@@ -17,7 +17,7 @@ from werkzeug.wrappers import Request
 
 from scaigrid.runtime.errors import StepError
 
-from ...shared.chunks import choices
+from ...shared.chunks import added_fields, choices
 from ...shared.params import params_of
 from ...shared.response_objects import item_id, message_item, response_object, text_part
 from .json_route import JsonRoute, validated
@@ -45,18 +45,19 @@ class ResponseStream:
     def __init__(self, envelope: dict):
         self.request_id, self.meta = envelope["id"], envelope["context"]["responses"]
         self.seq, self.started, self.opened, self.pieces, self.finish = 0, False, False, [], None
-        self.item = item_id(self.request_id)
+        self.item, self.added = item_id(self.request_id), {}
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         self.seq += 1
         payload = json.dumps({"type": kind, **data, "sequence_number": self.seq - 1}, separators=(",", ":"))
         return f"event: {kind}\ndata: {payload}\n\n".encode()
 
-    def _start(self) -> list[bytes]:
+    def _start(self, first: Any = None) -> list[bytes]:
         if self.started:
             return []
         self.started = True
-        response = response_object(self.request_id, self.meta, "in_progress")
+        self.added = added_fields(first)  # a stream's first chunk carries what steps added (rag's citations)
+        response = {**response_object(self.request_id, self.meta, "in_progress"), **self.added}
         return [self._event("response.created", {"response": response}),
                 self._event("response.in_progress", {"response": response})]
 
@@ -70,7 +71,7 @@ class ResponseStream:
                             {"item_id": self.item, "output_index": 0, "content_index": 0, "part": text_part("")})]
 
     def render_chunk(self, data: Any) -> bytes:
-        out = self._start()
+        out = self._start(data)
         for text, choice in choices(data):
             if text:
                 out += self._open()
@@ -87,7 +88,8 @@ class ResponseStream:
         out.append(self._event("response.content_part.done", {**where, "part": text_part(text)}))
         out.append(self._event("response.output_item.done",
                                {"output_index": 0, "item": message_item(self.request_id, text, "completed")}))
-        response = response_object(self.request_id, self.meta, "completed", text, self.finish, envelope.get("usage"))
+        response = {**response_object(self.request_id, self.meta, "completed", text, self.finish,
+                                      envelope.get("usage")), **self.added}
         out.append(self._event(f"response.{response['status']}", {"response": response}))
         return b"".join(out)
 
