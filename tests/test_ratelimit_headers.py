@@ -1,5 +1,8 @@
 """x-ratelimit-* on every answer of a limited key, on every surface (embeddings and streams included), with real
-values: the remaining requests count down by one per request, the limits are the key's."""
+values: the remaining requests count down by one per request, the limits are the key's; the usage report counts
+every surface."""
+import time
+
 import httpx
 import pytest
 
@@ -38,3 +41,11 @@ def test_every_surface_says_the_keys_limits_streamed_or_not(stack):
                 assert r.headers["x-ratelimit-reset-requests"].endswith("s")
                 remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
     assert remaining == list(range(99, 99 - len(remaining), -1))  # one request each, in the order sent
+    # the usage report counts them all, every surface, in its shape (data[].requests), grouped by key
+    deadline, row = time.monotonic() + 20, None
+    while time.monotonic() < deadline and (row is None or row["requests"] < len(remaining)):
+        report = httpx.get(stack.base_url + "/api/v1/usage", params={"group_by": "key"}, headers=stack.admin)
+        assert report.status_code == 200, report.text
+        row = next((r for r in report.json()["data"] if r["key"] == key["id"]), None)
+        time.sleep(0.2)
+    assert row is not None and row["requests"] == len(remaining) and row["prompt_tokens"] > 0

@@ -125,6 +125,11 @@ def test_bad_input_is_a_400_naming_it_and_no_key_a_401(stack):
         assert r.json()["error"]["param"].startswith(param), r.json()
     assert httpx.post(url, json={"model": LOCAL, "input": "hi"}).status_code == 401
     assert httpx.get(url + "/resp_x").status_code == 401
+    for odd in ("resp_x", "%00", "resp_" + "f" * 4000, "..%2F..%2Fetc"):  # not one of ours: 404, no query made
+        assert httpx.get(f"{url}/{odd}", headers=key).status_code == 404
+        assert httpx.delete(f"{url}/{odd}", headers=key).status_code == 404
+    r = httpx.post(url, json={"model": LOCAL, "input": "hi", "previous_response_id": "resp_\u0000"}, headers=key)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "previous_response_id"
     r = httpx.post(url, json={"model": "no-such-model", "input": "hi"}, headers=key)
     assert r.status_code in (403, 404)
     models = {m.id: m.model_extra for m in stack.openai.models.list()}

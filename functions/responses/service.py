@@ -2,6 +2,7 @@
 (kept unless `store: false`) after it, and the stored responses read and deleted by their own tenant."""
 from __future__ import annotations
 
+import re
 import time
 
 from nameko.rpc import rpc
@@ -16,6 +17,9 @@ from ..shared.response_objects import response_object
 def _output_text(response: dict) -> str:
     return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
                    for part in item.get("content", []))
+
+
+ID = re.compile(r"resp_[0-9a-f]{32}")  # response_id(): ours, so anything else is unknown without a query
 
 
 def _not_found(rid: str, param: str | None = None) -> NotFound:
@@ -40,7 +44,7 @@ class Responses:
         history: list[dict] = []
         previous_id = meta.get("previous_response_id")
         if previous_id:
-            found = self.store.conversation(previous_id, envelope["tenant"])
+            found = self.store.conversation(previous_id, envelope["tenant"]) if ID.fullmatch(previous_id) else None
             if found is None:
                 raise _not_found(previous_id, "previous_response_id")
             conversation, previous = found
@@ -94,7 +98,7 @@ class Responses:
     def get(self, envelope: dict) -> dict:
         """GET /v1/responses/{response_id}: the tenant's own stored response."""
         rid = envelope["request"]["path"]["response_id"]
-        found = self.store.response(rid, envelope["tenant"])
+        found = self.store.response(rid, envelope["tenant"]) if ID.fullmatch(rid) else None
         if found is None:
             raise _not_found(rid)
         envelope["response"] = found
@@ -104,7 +108,7 @@ class Responses:
     def delete(self, envelope: dict) -> dict:
         """DELETE /v1/responses/{response_id}."""
         rid = envelope["request"]["path"]["response_id"]
-        if not self.store.delete(rid, envelope["tenant"]):
+        if not (ID.fullmatch(rid) and self.store.delete(rid, envelope["tenant"])):
             raise _not_found(rid)
         envelope["response"] = {"id": rid, "object": "response", "deleted": True}
         return envelope
