@@ -59,3 +59,34 @@ def test_response_format_reaches_the_upstream(stack):
         messages=[{"role": "user", "content": "Describe Paris."}])
     # the server constrains its output to JSON when, and only when, it was asked for it
     assert answer.choices[0].message.content.lstrip().startswith("{")
+
+
+ANTHROPIC_WEATHER = [{"name": "get_weather", "description": "The weather of a city",
+                      "input_schema": WEATHER[0]["function"]["parameters"]}]
+
+
+def test_messages_tools_round_trip_through_a_chat_upstream(stack):
+    """Anthropic's tool use on /v1/messages: the tools and tool_choice become chat's, the call comes back as a
+    tool_use block, and the tool's result goes back as a tool_result block (chat's `tool` message)."""
+    forced = {"type": "tool", "name": "get_weather"}
+    message = stack.client.messages.create(model=UPSTREAM, max_tokens=40, tools=ANTHROPIC_WEATHER,
+                                           tool_choice=forced, messages=ASK, extra_body={"temperature": 0})
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert message.stop_reason == "tool_use" and use.name == "get_weather" and isinstance(use.input["city"], str)
+    follow = stack.client.messages.create(model=UPSTREAM, max_tokens=16, tools=ANTHROPIC_WEATHER, messages=[
+        *ASK, {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 C and sunny"}]}])
+    assert follow.content and follow.usage.input_tokens > message.usage.input_tokens
+    with stack.client.messages.stream(model=UPSTREAM, max_tokens=40, tools=ANTHROPIC_WEATHER, tool_choice=forced,
+                                      messages=ASK, extra_body={"temperature": 0}) as stream:
+        kinds = [(e.type, getattr(getattr(e, "delta", None), "type", None)) for e in stream]
+        final = stream.get_final_message()
+    assert ("content_block_delta", "input_json_delta") in kinds and final.stop_reason == "tool_use"
+    (streamed,) = [b for b in final.content if b.type == "tool_use"]
+    assert streamed.name == "get_weather" and isinstance(streamed.input["city"], str)  # the deltas joined up
+
+
+def test_messages_tools_on_a_local_model_are_refused_by_name(stack):
+    r = httpx.post(stack.base_url + "/v1/messages", headers={"x-api-key": stack.key["key"]}, json={
+        "model": "smollm2-135m-instruct", "max_tokens": 8, "tools": ANTHROPIC_WEATHER, "messages": ASK})
+    assert r.status_code == 400 and r.json()["type"] == "error" and "tools" in r.json()["error"]["message"]

@@ -59,6 +59,16 @@ def stop_of(choice: dict, stops: list[str] | None) -> tuple[str | None, str | No
     return (STOP_REASONS.get(finish, "end_turn") if finish else None), None
 
 
+def tool_input(arguments: str | None) -> dict:
+    """A tool call's JSON arguments as the object Anthropic's `input` is; arguments that are not one (a model can
+    emit broken JSON) are kept as text under "arguments", not dropped."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"arguments": arguments}
+
+
 def usage_of(usage: dict | None) -> dict[str, int]:
     usage = usage or {}
     return {"input_tokens": int(usage.get("prompt_tokens") or 0),
@@ -82,11 +92,14 @@ class AnthropicRoute(JsonRoute):
     def render(self, envelope: dict, headers: dict) -> Response:
         answer = answer_of(envelope)
         choice = (answer.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
+        message = choice.get("message") or {}
         reason, sequence = stop_of(choice, envelope["request"]["anthropic"]["stop_sequences"])
+        content = [{"type": "text", "text": message["content"]}] if message.get("content") else []
+        content += [{"type": "tool_use", "id": call.get("id") or f"toolu_{i}", "name": call["function"]["name"],
+                     "input": tool_input(call["function"].get("arguments"))}
+                    for i, call in enumerate(message.get("tool_calls") or [])]
         return json_response({"id": message_id(envelope), "type": "message", "role": "assistant",
-                              "model": envelope["request"].get("model"),
-                              "content": [{"type": "text", "text": text}] if text else [],
+                              "model": envelope["request"].get("model"), "content": content,
                               "stop_reason": reason, "stop_sequence": sequence,
                               "usage": usage_of(envelope.get("usage") or answer.get("usage")),
                               **added_fields(answer)}, 200, headers)
@@ -99,11 +112,13 @@ class AnthropicRoute(JsonRoute):
 
 
 class MessageStream:
-    """One stream's chunks as Anthropic's events: it remembers whether the message and its text block began, and
-    how the text ended, which the chunks say only once."""
+    """One stream's chunks as Anthropic's events: the content blocks (a text block, a tool_use block per tool
+    call, each opened, filled and stopped in turn), and how the message ended, which the chunks say only once."""
 
     def __init__(self, envelope: dict):
-        self.envelope, self.started, self.open = envelope, False, False
+        self.envelope, self.started = envelope, False
+        self.block: tuple | None = None  # ("text",) or ("tool", the chat tool call's index), open at self.index
+        self.index = -1
         self.stops = envelope["request"]["anthropic"]["stop_sequences"]
         self.reason: tuple[str | None, str | None] = (None, None)
         self.usage: dict | None = None
@@ -119,15 +134,41 @@ class MessageStream:
             # the prompt is counted where the model runs: message_delta carries the exact counts
             "usage": {"input_tokens": 0, "output_tokens": 0}, **added_fields(first)}})
 
+    def _close(self) -> list[bytes]:
+        if self.block is None:
+            return []
+        self.block = None
+        return [event("content_block_stop", {"index": self.index})]
+
+    def _open(self, block: tuple, content_block: dict) -> list[bytes]:
+        out = self._close()
+        self.block, self.index = block, self.index + 1
+        return out + [event("content_block_start", {"index": self.index, "content_block": content_block})]
+
+    def _tool_calls(self, calls: list[dict]) -> list[bytes]:
+        out: list[bytes] = []
+        for position, call in enumerate(calls):
+            key = ("tool", call.get("index", position))
+            function = call.get("function") or {}
+            if self.block != key:
+                out += self._open(key, {"type": "tool_use", "id": call.get("id") or f"toolu_{self.index + 1}",
+                                        "name": function.get("name") or "", "input": {}})
+            if function.get("arguments"):
+                out.append(event("content_block_delta", {"index": self.index, "delta": {
+                    "type": "input_json_delta", "partial_json": function["arguments"]}}))
+        return out
+
     def render_chunk(self, data: Any) -> bytes:
         out = [self._start(data)]  # a stream's first chunk carries what steps added (rag's citations)
         for text, choice in choices(data):
             if text:
-                if not self.open:
-                    self.open = True
-                    out.append(event("content_block_start", {"index": 0, "content_block": {"type": "text",
-                                                                                            "text": ""}}))
-                out.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}))
+                if self.block != ("text",):
+                    out += self._open(("text",), {"type": "text", "text": ""})
+                out.append(event("content_block_delta", {"index": self.index,
+                                                         "delta": {"type": "text_delta", "text": text}}))
+            calls = (choice.get("delta") or choice.get("message") or {}).get("tool_calls")
+            if calls:
+                out += self._tool_calls(calls)
             if choice.get("finish_reason"):
                 self.reason = stop_of(choice, self.stops)
         if isinstance(data, dict) and data.get("usage"):
@@ -135,9 +176,7 @@ class MessageStream:
         return b"".join(out)
 
     def render_end(self, envelope: dict) -> bytes:
-        out = [self._start()]
-        if self.open:
-            out.append(event("content_block_stop", {"index": 0}))
+        out = [self._start(), *self._close()]
         reason, sequence = self.reason
         out.append(event("message_delta", {"delta": {"stop_reason": reason or "end_turn", "stop_sequence": sequence},
                                            "usage": usage_of(envelope.get("usage") or self.usage)}))

@@ -5,13 +5,16 @@ The steps (auth, admission, plugins, RAG, inference, ledger) are the chat route'
 a Messages body becomes one here. What is translated: `system` (a string or text blocks) -> a system message; each
 message's text blocks -> its content; `max_tokens`, `temperature`, `top_p`, `top_k`, `stop_sequences` -> `stop`,
 `metadata.user_id` -> `user`, `stream` (with the usage chunk asked for: message_delta carries the exact counts).
-ScaiGrid's own `rag` field passes through. Unknown fields are ignored, as new API fields appear faster than
-gateways follow; the blocks and features not served here (images, documents, tools, extended thinking) are a 400
-that names them, not dropped in silence.
+ScaiGrid's own `rag` field passes through. Tools: `tools` -> function tools, `tool_choice` (auto, any ->
+required, tool -> that function, none; disable_parallel_tool_use -> parallel_tool_calls false), an assistant's
+tool_use blocks -> its tool_calls, tool_result blocks -> `tool` messages. Unknown fields are ignored, as new API
+fields appear faster than gateways follow; the blocks and features not served here (images, documents, server
+tools, extended thinking) are a 400 that names them, not dropped in silence.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,15 +24,59 @@ from .openai_schemas import RagRequest
 class Block(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)  # cache_control, citations: accepted, not used
 
-    type: Literal["text"] = Field(description="text blocks only: images, documents and tools are not served yet")
+    type: Literal["text"]
     text: str
+
+
+class ToolUse(BaseModel):
+    """An assistant's call of a tool (a turn of the conversation sent back)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256)
+    input: dict[str, Any]
+
+
+class ToolResult(BaseModel):
+    """What a tool answered, in the user turn after the call."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=256)
+    content: str | list[Block] = ""
+    is_error: bool = False
+
+
+Content = Annotated[Block | ToolUse | ToolResult, Field(discriminator="type")]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["user", "assistant"]
-    content: str | list[Block] = Field(min_length=1)
+    content: str | list[Content] = Field(min_length=1)
+
+
+class Tool(BaseModel):
+    """A client tool (Anthropic's server tools, web search and the like, run at Anthropic: not here)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["custom"] | None = None
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
 
 
 class Metadata(BaseModel):
@@ -59,28 +106,60 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     metadata: Metadata | None = None
     thinking: Thinking | None = None
-    tools: list[Any] | None = Field(None, max_length=0, description="tools are not served on /v1/messages yet")
-    tool_choice: Any = Field(None, description="tools are not served on /v1/messages yet")
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
     rag: RagRequest | None = Field(None, description="ScaiGrid: answer from these collections, with citations")
 
     @model_validator(mode="after")
     def _stop_sequences_are_text(self) -> MessagesRequest:
         if self.stop_sequences and not all(self.stop_sequences):
             raise ValueError("stop_sequences: each must be a non-empty string")
-        if self.tool_choice is not None:
-            raise ValueError("tool_choice: tools are not served on /v1/messages yet")
+        if self.tool_choice and self.tool_choice.type == "tool" and not self.tool_choice.name:
+            raise ValueError("tool_choice.name: required when tool_choice.type is 'tool'")
         return self
 
 
-def _text(content: str | list[Block]) -> str:
-    return content if isinstance(content, str) else "".join(block.text for block in content)
+def _text(content: str | list) -> str:
+    return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, Block))
+
+
+def _chat_messages(message: Message) -> list[dict[str, Any]]:
+    """One Anthropic turn as chat messages: an assistant's tool_use blocks become its tool_calls, a user's
+    tool_result blocks each a `tool` message (first: chat wants them right after the calls), then its text."""
+    blocks = [] if isinstance(message.content, str) else message.content
+    text = _text(message.content)
+    if message.role == "assistant":
+        calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+                 for b in blocks if isinstance(b, ToolUse)]
+        # "" rather than null beside tool_calls: OpenAI takes both, llama.cpp's server only a string
+        return [{"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}]
+    results = [{"role": "tool", "tool_call_id": b.tool_use_id,
+                "content": ("[error] " if b.is_error else "") + _text(b.content)}
+               for b in blocks if isinstance(b, ToolResult)]
+    return results + ([{"role": "user", "content": text}] if text or not results else [])
+
+
+def _tools(request: MessagesRequest) -> dict[str, Any]:
+    if not request.tools:
+        return {}
+    body: dict[str, Any] = {"tools": [{"type": "function", "function": {
+        "name": t.name, **({"description": t.description} if t.description else {}),
+        "parameters": t.input_schema}} for t in request.tools]}
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = ({"type": "function", "function": {"name": choice.name}} if choice.type == "tool"
+                               else {"any": "required"}.get(choice.type, choice.type))
+        if choice.disable_parallel_tool_use:
+            body["parallel_tool_calls"] = False
+    return body
 
 
 def chat_body(request: MessagesRequest, sent: dict[str, Any]) -> dict[str, Any]:
     """The chat completions body that asks for what `request` (validated from `sent`) asks."""
     messages = [{"role": "system", "content": _text(request.system)}] if request.system else []
-    messages += [{"role": m.role, "content": _text(m.content)} for m in request.messages]
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    messages += [chat for m in request.messages for chat in _chat_messages(m)]
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens,
+                            **_tools(request)}
     for name in ("temperature", "top_p", "top_k"):
         if getattr(request, name) is not None:
             body[name] = getattr(request, name)
