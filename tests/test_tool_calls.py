@@ -90,3 +90,45 @@ def test_messages_tools_on_a_local_model_are_refused_by_name(stack):
     r = httpx.post(stack.base_url + "/v1/messages", headers={"x-api-key": stack.key["key"]}, json={
         "model": "smollm2-135m-instruct", "max_tokens": 8, "tools": ANTHROPIC_WEATHER, "messages": ASK})
     assert r.status_code == 400 and r.json()["type"] == "error" and "tools" in r.json()["error"]["message"]
+
+
+RESPONSES_WEATHER = [{"type": "function", "name": "get_weather", "description": "The weather of a city",
+                      "parameters": WEATHER[0]["function"]["parameters"]}]
+
+
+def test_responses_function_calls_round_trip_stored_or_sent_back(stack):
+    forced = {"type": "function", "name": "get_weather"}
+    asked = "What is the weather in Paris?"
+    first = stack.openai.responses.create(model=UPSTREAM, input=asked, tools=RESPONSES_WEATHER, tool_choice=forced,
+                                          max_output_tokens=40, temperature=0)
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str) and call.call_id
+    assert first.tools[0].name == "get_weather"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "18 C and sunny"}
+    follow = stack.openai.responses.create(model=UPSTREAM, previous_response_id=first.id, input=[result],
+                                           tools=RESPONSES_WEATHER, max_output_tokens=8, temperature=0)
+    # the same conversation sent back by the client itself (stateless): the same prompt
+    again = stack.openai.responses.create(model=UPSTREAM, store=False, tools=RESPONSES_WEATHER, max_output_tokens=8,
+                                          temperature=0, input=[
+                                              {"role": "user", "content": asked},
+                                              {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                                               "arguments": call.arguments}, result])
+    assert follow.usage.input_tokens == again.usage.input_tokens > first.usage.input_tokens
+
+
+def test_responses_streamed_function_call_events_and_the_stored_call(stack):
+    events = list(stack.openai.responses.create(
+        model=UPSTREAM, input="What is the weather in Paris?", tools=RESPONSES_WEATHER, max_output_tokens=40,
+        tool_choice={"type": "function", "name": "get_weather"}, temperature=0, stream=True))
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert done.arguments == deltas and isinstance(json.loads(deltas)["city"], str)
+    final = events[-1]
+    assert final.type == "response.completed"
+    (call,) = [item for item in final.response.output if item.type == "function_call"]
+    assert call.arguments == deltas and call.name == "get_weather"
+    kept = stack.openai.responses.retrieve(final.response.id)
+    assert [(i.type, getattr(i, "arguments", None)) for i in kept.output] == [
+        (i.type, getattr(i, "arguments", None)) for i in final.response.output]

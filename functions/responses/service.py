@@ -10,13 +10,9 @@ from nameko.rpc import rpc
 from scaigrid.adapters.sql.response_store import ResponseStore
 from scaigrid.runtime.errors import NotFound
 
-from ..shared.chunks import added_fields, choices
+from ..shared.chunks import added_fields
 from ..shared.response_objects import response_object
-
-
-def _output_text(response: dict) -> str:
-    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
-                   for part in item.get("content", []))
+from ..shared.response_output import as_chat, gather, items, new_output
 
 
 ID = re.compile(r"resp_[0-9a-f]{32}")  # response_id(): ours, so anything else is unknown without a query
@@ -48,7 +44,7 @@ class Responses:
             if found is None:
                 raise _not_found(previous_id, "previous_response_id")
             conversation, previous = found
-            history = [*conversation, {"role": "assistant", "content": _output_text(previous)}]
+            history = [*conversation, *as_chat(previous.get("output") or [])]
             body = request["body"]
             first = 1 if meta.get("instructions") is not None else 0
             body["messages"] = body["messages"][:first] + history + body["messages"][first:]
@@ -67,9 +63,10 @@ class Responses:
         if envelope["context"].get("stream") or envelope.get("response") is None:
             return envelope
         meta, answer = envelope["context"]["responses"], envelope["response"]
-        choice = (answer.get("choices") or [{}])[0]
-        response = {**response_object(envelope["id"], meta, "completed", (choice.get("message") or {}).get("content"),
-                                      choice.get("finish_reason"), envelope.get("usage") or answer.get("usage")),
+        output = new_output()
+        gather(output, answer)
+        response = {**response_object(envelope["id"], meta, "completed", items(envelope["id"], output),
+                                      output["finish"], envelope.get("usage") or answer.get("usage")),
                     **added_fields(answer), **(envelope["context"].get("answer_fields") or {})}
         self._keep(envelope["tenant"], meta, response)
         envelope["response"] = response
@@ -82,14 +79,12 @@ class Responses:
         meta, data = chunk["context"]["responses"], chunk.get("data")
         streamed = meta.get("streamed")
         if streamed is None:  # the first chunk: it carries what steps added to the answer (rag's citations)
-            streamed = meta["streamed"] = {"pieces": [], "finish": None, "added": added_fields(data)}
-        for text, choice in choices(data):
-            if text:
-                streamed["pieces"].append(text)
-            streamed["finish"] = choice.get("finish_reason") or streamed["finish"]
+            streamed = meta["streamed"] = {"output": new_output(), "added": added_fields(data)}
+        gather(streamed["output"], data)
         if chunk.get("final"):
-            response = {**response_object(chunk["id"], meta, "completed", "".join(streamed["pieces"]),
-                                          streamed["finish"], chunk.get("usage")), **streamed["added"]}
+            output = streamed["output"]
+            response = {**response_object(chunk["id"], meta, "completed", items(chunk["id"], output),
+                                          output["finish"], chunk.get("usage")), **streamed["added"]}
             self._keep(chunk["tenant"], meta, response)
         chunk["emit"] = [data] if data is not None else []
         return chunk

@@ -1,6 +1,7 @@
-"""OpenAI's Responses API objects, made from what the chat steps answered: the response, its output message, its
-usage. The responses function builds and stores them; the gateway's responses handler streams their events. Both
-derive the ids from the request's own id, so a stream's events and the stored object name the same response.
+"""OpenAI's Responses API objects, made from what the chat steps answered: the response and its usage (its output
+items: response_output.py). The responses function builds and stores them; the gateway's responses handler
+streams their events. Both derive the ids from the request's own id, so a stream's events and the stored object
+name the same response.
 
 `meta` is what the request asked (context.responses, set by responses.recall): model, instructions,
 max_output_tokens, previous_response_id, store, temperature, top_p, metadata, user, created_at.
@@ -14,10 +15,6 @@ def response_id(request_id: str) -> str:
     return "resp_" + request_id.removeprefix("req_")
 
 
-def item_id(request_id: str) -> str:
-    return "msg_" + request_id.removeprefix("req_")
-
-
 def usage_of(usage: dict | None) -> dict[str, Any]:
     usage = usage or {}
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -26,20 +23,10 @@ def usage_of(usage: dict | None) -> dict[str, Any]:
             "total_tokens": prompt + completion}
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def message_item(request_id: str, text: str | None, status: str) -> dict[str, Any]:
-    """The output message; `text` None while nothing has been said yet (its content then is empty)."""
-    return {"type": "message", "id": item_id(request_id), "status": status, "role": "assistant",
-            "content": [] if text is None else [text_part(text)]}
-
-
-def response_object(request_id: str, meta: dict, status: str, text: str | None = None,
+def response_object(request_id: str, meta: dict, status: str, output: list[dict] | None = None,
                     finish_reason: str | None = None, usage: dict | None = None) -> dict[str, Any]:
     """The response as GET /v1/responses/{id} answers it. status: in_progress (no output yet), completed, or
-    incomplete (the text stopped at max_output_tokens)."""
+    incomplete (the text stopped at max_output_tokens). `output`: its items (response_output.items)."""
     if status != "in_progress" and finish_reason == "length":
         status = "incomplete"
     done = status != "in_progress"
@@ -49,10 +36,12 @@ def response_object(request_id: str, meta: dict, status: str, text: str | None =
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "instructions": meta.get("instructions"), "max_output_tokens": meta.get("max_output_tokens"),
         "model": meta["model"],
-        "output": [message_item(request_id, text or "", "completed" if done else "in_progress")] if done else [],
-        "parallel_tool_calls": True, "previous_response_id": meta.get("previous_response_id"),
+        "output": list(output or []) if done else [],
+        "parallel_tool_calls": meta.get("parallel_tool_calls", True),
+        "previous_response_id": meta.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None}, "store": meta.get("store", True),
-        "temperature": meta.get("temperature"), "text": {"format": {"type": "text"}}, "tool_choice": "auto",
-        "tools": [], "top_p": meta.get("top_p"), "truncation": "disabled",
+        "temperature": meta.get("temperature"), "text": {"format": {"type": "text"}},
+        "tool_choice": meta.get("tool_choice") or "auto", "tools": meta.get("tools") or [], "top_p": meta.get("top_p"),
+        "truncation": "disabled",
         "usage": usage_of(usage) if done else None, "user": meta.get("user"), "metadata": meta.get("metadata") or {},
     }

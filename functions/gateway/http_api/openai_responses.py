@@ -5,8 +5,9 @@ for; responses.recall puts a previous response's conversation in front, response
 the response object (and stores it). A stream is the Responses API's typed events, each with its sequence_number:
 response.created, response.in_progress, response.output_item.added, response.content_part.added,
 response.output_text.delta ..., response.output_text.done, response.content_part.done,
-response.output_item.done, then response.completed (or response.incomplete at max_output_tokens) with the whole
-response, usage included. Errors are OpenAI's shape; one mid-stream is an `error` event.
+response.output_item.done (and for a tool call: response.output_item.added with a function_call item,
+response.function_call_arguments.delta ..., response.function_call_arguments.done, response.output_item.done),
+then response.completed (or response.incomplete at max_output_tokens) with the whole response, usage included. Errors are OpenAI's shape; one mid-stream is an `error` event.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from werkzeug.wrappers import Request
 
 from scaigrid.runtime.errors import StepError
 
-from ...shared.chunks import added_fields, choices
+from ...shared.chunks import added_fields
 from ...shared.params import params_of
-from ...shared.response_objects import item_id, message_item, response_object, text_part
+from ...shared.response_objects import response_object
+from ...shared.response_output import close, gather, item, item_id, items, new_output, text_part
 from .json_route import JsonRoute, validated
 from .openai_responses_schemas import ResponsesRequest, chat_body, meta_of
 
@@ -40,12 +42,12 @@ class ResponsesRoute(JsonRoute):
 
 
 class ResponseStream:
-    """One stream's chunks as the Responses API's events: the numbering, whether the message began, its text."""
+    """One stream's chunks as the Responses API's events: their numbering, and the output items as they begin,
+    grow and end (a message's text, a function call's arguments), gathered as the stored response gathers them."""
 
     def __init__(self, envelope: dict):
         self.request_id, self.meta = envelope["id"], envelope["context"]["responses"]
-        self.seq, self.started, self.opened, self.pieces, self.finish = 0, False, False, [], None
-        self.item, self.added = item_id(self.request_id), {}
+        self.seq, self.started, self.added, self.output = 0, False, {}, new_output()
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         self.seq += 1
@@ -61,35 +63,44 @@ class ResponseStream:
         return [self._event("response.created", {"response": response}),
                 self._event("response.in_progress", {"response": response})]
 
-    def _open(self) -> list[bytes]:
-        if self.opened:
-            return []
-        self.opened = True
-        return [self._event("response.output_item.added",
-                            {"output_index": 0, "item": message_item(self.request_id, None, "in_progress")}),
-                self._event("response.content_part.added",
-                            {"item_id": self.item, "output_index": 0, "content_index": 0, "part": text_part("")})]
+    def _events(self, changes: list[tuple]) -> list[bytes]:
+        out = []
+        for change in changes:
+            index = change[1]
+            kind = self.output["items"][index]["type"]
+            where = {"item_id": item_id(self.request_id, self.output, index), "output_index": index}
+            if change[0] == "added":
+                out.append(self._event("response.output_item.added", {
+                    "output_index": index, "item": item(self.request_id, self.output, index, "in_progress")}))
+                if kind == "message":
+                    out.append(self._event("response.content_part.added",
+                                           {**where, "content_index": 0, "part": text_part("")}))
+            elif change[0] == "delta" and kind == "message":
+                out.append(self._event("response.output_text.delta",
+                                       {**where, "content_index": 0, "delta": change[2], "logprobs": []}))
+            elif change[0] == "delta":
+                out.append(self._event("response.function_call_arguments.delta", {**where, "delta": change[2]}))
+            else:
+                done = item(self.request_id, self.output, index, "completed")
+                if kind == "message":
+                    text = done["content"][0]["text"]
+                    out.append(self._event("response.output_text.done",
+                                           {**where, "content_index": 0, "text": text, "logprobs": []}))
+                    out.append(self._event("response.content_part.done",
+                                           {**where, "content_index": 0, "part": text_part(text)}))
+                else:
+                    out.append(self._event("response.function_call_arguments.done",
+                                           {**where, "name": done["name"], "arguments": done["arguments"]}))
+                out.append(self._event("response.output_item.done", {"output_index": index, "item": done}))
+        return out
 
     def render_chunk(self, data: Any) -> bytes:
-        out = self._start(data)
-        for text, choice in choices(data):
-            if text:
-                out += self._open()
-                self.pieces.append(text)
-                out.append(self._event("response.output_text.delta", {
-                    "item_id": self.item, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}))
-            self.finish = choice.get("finish_reason") or self.finish
-        return b"".join(out)
+        return b"".join(self._start(data) + self._events(gather(self.output, data)))
 
     def render_end(self, envelope: dict) -> bytes:
-        out, text = self._start() + self._open(), "".join(self.pieces)
-        where = {"item_id": self.item, "output_index": 0, "content_index": 0}
-        out.append(self._event("response.output_text.done", {**where, "text": text, "logprobs": []}))
-        out.append(self._event("response.content_part.done", {**where, "part": text_part(text)}))
-        out.append(self._event("response.output_item.done",
-                               {"output_index": 0, "item": message_item(self.request_id, text, "completed")}))
-        response = {**response_object(self.request_id, self.meta, "completed", text, self.finish,
-                                      envelope.get("usage")), **self.added}
+        out = self._start() + self._events(close(self.output))
+        response = {**response_object(self.request_id, self.meta, "completed", items(self.request_id, self.output),
+                                      self.output["finish"], envelope.get("usage")), **self.added}
         out.append(self._event(f"response.{response['status']}", {"response": response}))
         return b"".join(out)
 
