@@ -23,11 +23,21 @@ WAIT="${FALKORDB_WAIT:-20}"
 
 die() { printf 'falkordb.sh: error: %s\n' "$*" >&2; exit 1; }
 
+# pid_of: the pid redis-server wrote, once its pid file is complete (the number and its newline). While the
+# daemon is still writing it the file is empty or partial: that is "not yet", never "dead" (reading it as dead
+# made the start below stop the server it had just started)
+pid_of() {
+    local pid
+    { IFS= read -r pid <"$DIR/redis.pid"; } 2>/dev/null || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    echo "$pid"
+}
+
 # alive: the pid file names a running redis-server whose Bolt port accepts connections
 alive() {
-    [[ -f "$DIR/redis.pid" && -f "$DIR/bolt.port" ]] || return 1
+    [[ -f "$DIR/bolt.port" ]] || return 1
     local pid
-    pid="$(cat "$DIR/redis.pid")"
+    pid="$(pid_of)" || return 1
     kill -0 "$pid" 2>/dev/null || return 1
     "$PY" - "$(cat "$DIR/bolt.port")" <<'PY' 2>/dev/null
 import socket, sys
@@ -77,8 +87,10 @@ PY
     echo "$redis_port" >"$DIR/redis.port"
     echo "$bolt_port" >"$DIR/bolt.port"
     local deadline=$((SECONDS + WAIT))
+    local pid
     until alive; do
-        if ((SECONDS > deadline)) || ! kill -0 "$(cat "$DIR/redis.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+        # died: its pid file is complete and names no process any more (an incomplete one is still being written)
+        if ((SECONDS > deadline)) || { pid="$(pid_of)" && ! kill -0 "$pid" 2>/dev/null; }; then
             stop
             tail -n 5 "$DIR/falkordb.log" >&2 || true
             die "FalkorDB did not answer on Bolt port $bolt_port within ${WAIT}s; log: $DIR/falkordb.log"
@@ -91,7 +103,7 @@ PY
 stop() {
     [[ -f "$DIR/redis.pid" ]] || return 0
     local pid
-    pid="$(cat "$DIR/redis.pid")"
+    pid="$(pid_of)" || pid=""
     # only a redis-server is ours to stop: a stale pid file may name someone else's process by now
     if kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == redis-server* ]]; then
         kill "$pid"
