@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ScaiGrid developer front door.
 #
-#   ./dev.sh setup              create .venv and install '.[cpu,dev]' (skipped when setup.py is unchanged)
+#   ./dev.sh setup              create .venv and install what the tests use (skipped when setup.py is unchanged)
 #   ./dev.sh services           start PostgreSQL, Redis and RabbitMQ if they are not answering; create db "scaigrid"
 #   ./dev.sh test [pytest args] setup + services, then pytest: the unit layer, then the rest (or just the args)
-#   ./dev.sh up [args]          setup + services (+ FalkorDB for the knowledge graph), then `scaigrid up`
+#   ./dev.sh up [args]          what serving needs + services (+ FalkorDB for the knowledge graph), then `scaigrid up`
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 #              SERVICE_TIMEOUT (seconds to wait for each service, default 90).
@@ -37,11 +37,13 @@ usage() {
     cat >&2 <<'EOF'
 usage: ./dev.sh <command> [args...]
 
-  setup               create .venv and pip install -e '.[cpu,dev]' (skipped when setup.py is unchanged)
+  setup               create .venv and pip install -e '.[cpu,dev,export]' + llama-cpp-python's server (the tests'
+                      upstream); skipped when setup.py is unchanged
   services            start PostgreSQL, Redis, RabbitMQ when not answering; ensure database "scaigrid"
   test [pytest args]  setup + services, then: .venv/bin/python -m pytest -q -ra -m unit tests/unit (stops on a
                       failure), then -m "not unit" (the graph tests); with args: pytest -q -ra [args] alone
-  up [args]           setup + services, then: .venv/bin/scaigrid up [args]
+  up [args]           what serving needs (.[cpu]; the export extra while the models are not built) + services,
+                      then: .venv/bin/scaigrid up [args]
 EOF
 }
 
@@ -86,7 +88,33 @@ install_llama_server() {
     "$PY" -m pip install -q "$wheel[server]"
 }
 
+# stage WHAT CMD...: run one set-up stage, and say how long it took
+stage() {
+    local what="$1" began=$SECONDS
+    shift
+    say "setup: $what"
+    "$@"
+    say "setup: $what: done in $((SECONDS - began)) s"
+}
+
+# models_built: the default local models are prepared and verified (then serving needs no export extra)
+models_built() {
+    "$PY" - <<'PY' 2>/dev/null
+import sys
+from scaigrid.adapters.backends import manifest, prepare
+root = prepare.models_dir()
+sys.exit(0 if all(not manifest.problems(root / model, full=False) for model in prepare.SPECS) else 1)
+PY
+}
+
+# export_installed: torch and optimum, which `scaigrid models prepare` (and `scaigrid up`'s first run) build with
+export_installed() { "$PY" -c 'import torch, optimum.exporters.onnx' >/dev/null 2>&1; }
+
+# setup [serve|test]. serve (what `up` needs): the package with onnxruntime, spaCy's model, and the export extra
+# only while the local models are not built yet. test (`test`, `setup`): everything the tests use besides: the dev
+# extra and llama-cpp-python's server (which compiles llama.cpp: minutes no `up` should wait for).
 cmd_setup() {
+    local flavour="${1:-test}"
     need "$PYTHON" "Python 3.11+ (or set PYTHON=/path/to/python3)"
     if [[ -x "$PY" ]] && ! "$PY" -c 'import sys' >/dev/null 2>&1; then
         say "existing .venv is broken (its interpreter no longer runs); recreating"
@@ -97,25 +125,35 @@ cmd_setup() {
         "$PYTHON" -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
     fi
 
-    local sum stamp
+    local sum began=$SECONDS
     # what .venv is built from: setup.py and the llama.cpp build flags (a venv with an older build is redone)
     sum="$( (cat setup.py; printf '%s\n' "$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1)"
-    stamp="$VENV/.installed-$sum"
-    if [[ -f "$stamp" ]]; then
+    # a test install holds everything a serve install does
+    if [[ -f "$VENV/.installed-test-$sum" || ( "$flavour" == serve && -f "$VENV/.installed-serve-$sum" ) ]]; then
+        if [[ "$flavour" == serve ]] && ! models_built && ! export_installed; then
+            stage "the local models are not built: pip install -e '.[cpu,export]' (torch, optimum)" \
+                "$PY" -m pip install -q -e '.[cpu,export]'
+        fi
         say "setup: .venv up to date (setup.py unchanged)"
         return 0
     fi
 
-    say "setup: upgrading pip"
-    "$PY" -m pip install -q --upgrade pip
-    say "setup: pip install -e '.[cpu,dev,export]' (this can take a few minutes on a clean clone)"
-    "$PY" -m pip install -q -e '.[cpu,dev,export]'  # export: scaigrid models prepare (torch, optimum)
-    install_llama_server
-    say "setup: spaCy's English model (pinned by hash)"
-    "$PY" -m scaigrid.adapters.graph.extract install
-    rm -f "$VENV"/.installed-*
-    : >"$stamp"
-    say "setup: done"
+    stage "upgrading pip" "$PY" -m pip install -q --upgrade pip
+    if [[ "$flavour" == test ]]; then
+        stage "pip install -e '.[cpu,dev,export]' (a few minutes on a clean clone)" \
+            "$PY" -m pip install -q -e '.[cpu,dev,export]'  # export: scaigrid models prepare (torch, optimum)
+        stage "llama-cpp-python's server (the tests' upstream)" install_llama_server
+    else
+        stage "pip install -e '.[cpu]'" "$PY" -m pip install -q -e '.[cpu]'
+        if ! models_built; then  # `scaigrid up` builds them on its first run
+            stage "the local models are not built: pip install -e '.[cpu,export]' (torch, optimum)" \
+                "$PY" -m pip install -q -e '.[cpu,export]'
+        fi
+    fi
+    stage "spaCy's English model (pinned by hash)" "$PY" -m scaigrid.adapters.graph.extract install
+    rm -f "$VENV"/.installed-"$flavour"-*
+    : >"$VENV/.installed-$flavour-$sum"
+    say "setup: done in $((SECONDS - began)) s"
 }
 
 # ---------------------------------------------------------------- services
@@ -255,7 +293,7 @@ cmd_test() {
 }
 
 cmd_up() {
-    cmd_setup
+    cmd_setup serve
     cmd_services
     if [[ -z "${SCAIGRID_NEO4J_URL:-}" ]]; then
         # The knowledge graph of RAG collections: FalkorDB's Bolt listener stands in for Neo4j on a developer
