@@ -135,7 +135,8 @@ class StoredResponse(Base):
     over), so a follow-up costs one read. Seen only by its own tenant."""
 
     __tablename__ = "responses"
-    __table_args__ = (Index("ix_responses_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (Index("ix_responses_tenant_created", "tenant_id", "created_at"),
+                      Index("ix_responses_created", "created_at"))  # the retention's purge
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_<32 hex>
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))

@@ -1,19 +1,31 @@
 """Stored /v1/responses answers: one row per response, read and deleted only by its own tenant (another tenant's id
-is as unknown as one that never existed)."""
+is as unknown as one that never existed), kept `retention_days` (function config `response_retention_days`,
+default 30, as OpenAI keeps them): an older one is not found, and every PURGE_EVERY-th write deletes a batch of
+expired rows, so the table stays the size of a month of use without a scheduler."""
 from __future__ import annotations
 
+import itertools
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, select
 
-from .engine import RepositoryProvider
+from .engine import RepositoryProvider, sessions_for
 from .models import StoredResponse
+
+RETENTION_DAYS = 30
+PURGE_EVERY, PURGE_BATCH = 100, 1000
 
 
 class ResponseRepository:
-    def __init__(self, sessions):
+    def __init__(self, sessions, retention_days: float = RETENTION_DAYS):
         self.sessions = sessions
+        self.retention = timedelta(days=retention_days)
+        self._writes = itertools.count(1)
+
+    def _oldest(self) -> datetime:
+        return datetime.now(timezone.utc) - self.retention
 
     def keep(self, response_id: str, tenant_id: str, key_id: str | None, model: str, conversation: list[dict],
              response: dict[str, Any]) -> None:
@@ -21,10 +33,19 @@ class ResponseRepository:
             s.add(StoredResponse(id=response_id, tenant_id=uuid.UUID(tenant_id),
                                  key_id=uuid.UUID(key_id) if key_id else None, model=model,
                                  conversation=conversation, response=response))
+        if next(self._writes) % PURGE_EVERY == 0:
+            self.purge()
+
+    def purge(self) -> int:
+        """Delete up to PURGE_BATCH expired responses (the created_at index finds them); how many went."""
+        with self.sessions.begin() as s:
+            expired = select(StoredResponse.id).where(StoredResponse.created_at < self._oldest()).limit(PURGE_BATCH)
+            return s.execute(delete(StoredResponse).where(StoredResponse.id.in_(expired))).rowcount
 
     def _row(self, s, response_id: str, tenant_id: str) -> StoredResponse | None:
         return s.scalars(select(StoredResponse).where(StoredResponse.id == response_id,
-                                                      StoredResponse.tenant_id == uuid.UUID(tenant_id))).first()
+                                                      StoredResponse.tenant_id == uuid.UUID(tenant_id),
+                                                      StoredResponse.created_at >= self._oldest())).first()
 
     def conversation(self, response_id: str, tenant_id: str) -> tuple[list[dict], dict] | None:
         """(the conversation it answered, the response object), or None."""
@@ -44,4 +65,8 @@ class ResponseRepository:
 
 
 class ResponseStore(RepositoryProvider):
-    repository_class = ResponseRepository
+    def setup(self):
+        options = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
+        self.repository = ResponseRepository(sessions_for(self.container.config["DATABASE_URL"],
+                                                          options.get("db_pool", 10)),
+                                             float(options.get("response_retention_days", RETENTION_DAYS)))

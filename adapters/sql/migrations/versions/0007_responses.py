@@ -27,8 +27,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_responses_tenant_created', 'responses', ['tenant_id', 'created_at'], unique=False)
+    op.create_index('ix_responses_created', 'responses', ['created_at'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_responses_created', table_name='responses')
     op.drop_index('ix_responses_tenant_created', table_name='responses')
     op.drop_table('responses')
