@@ -104,6 +104,12 @@ setup(
         ],
         # spans for the stores' clients, installed when tracing is on (runtime/tracing.py)
         "scaigrid.instrumentation": ["clients = scaigrid.adapters.instrumentation:instrument"],
+        # `scaigrid doctor`: each part's own checks (runtime/doctor.py runs the graph's and the stores')
+        "scaigrid.doctor": [
+            "schema = scaigrid.adapters.sql.commands:doctor",
+            "models = scaigrid.functions.inference.commands:doctor",
+            "knowledge_graph = scaigrid.adapters.graph.store:doctor",
+        ],
         "scaigrid.before_up": [
             "migrations = scaigrid.adapters.sql.commands:before_up",
             "models = scaigrid.functions.inference.commands:before_up",

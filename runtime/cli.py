@@ -1,4 +1,4 @@
-"""The `scaigrid` command: graph check/show/schema, up, run, ledger dead-letters/replay."""
+"""The `scaigrid` command: graph check/show/schema, up, run, doctor, ledger dead-letters/replay."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,12 @@ def cmd_ledger_replay(args) -> int:
     return 1 if done.no_queue else 0
 
 
+def _doctor(args) -> int:
+    from .doctor import cmd_doctor
+
+    return cmd_doctor(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaigrid", description="ScaiGrid: AI gateway of Nameko functions")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every dead letter")
     which.add_argument("--request-id", action="append", metavar="ID", help="the dead letters of this request")
     p.set_defaults(func=cmd_ledger_replay)
+    p = sub.add_parser("doctor", help="check the graph, every store, the schema, the models and the execution "
+                                      "provider: one line each, with what to do (exit 1 when one failed)")
+    p.add_argument("--graph", default=None)
+    p.add_argument("--json", action="store_true", help="the checks as JSON (name, status, detail, fix)")
+    p.set_defaults(func=_doctor)
     for command in entry_points(group="scaigrid.commands"):  # db, admin, models, deploy: each in its own module
         command.load()(sub)
     return parser

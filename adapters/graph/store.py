@@ -78,3 +78,23 @@ class KnowledgeGraphStore(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.graph
+
+
+def doctor(settings, graph, down):
+    """`scaigrid doctor`: the knowledge graph's Bolt server, where one is configured."""
+    from scaigrid.runtime.doctor import Check
+
+    url = os.environ.get("SCAIGRID_NEO4J_URL")
+    if not url:
+        yield Check("knowledge graph", "ok", "not configured: collections have no knowledge graph",
+                    "set SCAIGRID_NEO4J_URL for one (./dev.sh up starts FalkorDB)")
+        return
+    url, user, password = split_credentials(url, os.environ.get("SCAIGRID_NEO4J_USER"),
+                                            os.environ.get("SCAIGRID_NEO4J_PASSWORD"))
+    try:
+        driver_for(url, user, password).verify_connectivity()
+        yield Check("knowledge graph", "ok", redact_url(url))
+    except Exception as exc:  # the driver's errors vary; the line is what matters
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        yield Check("knowledge graph", "fail", f"cannot reach {redact_url(url)} ({reason})",
+                    "start it, or point SCAIGRID_NEO4J_URL at it")

@@ -34,3 +34,28 @@ def before_up(settings: Settings, stores: set[str], graph=None) -> None:
     if "postgres" in stores:
         upgrade(settings.database_url)
         print(f"scaigrid: database at revision {current(settings.database_url)}", file=sys.stderr)
+
+
+def doctor(settings: Settings, graph, down: set[str]):
+    """`scaigrid doctor`: the schema at the revision this version ships (`scaigrid up` migrates; a replica of an
+    older version next to a newer schema is what this catches)."""
+    from alembic.script import ScriptDirectory
+
+    from scaigrid.runtime.doctor import Check
+
+    from .migrate import alembic_config
+
+    if "postgres" in down:
+        return
+    url = settings.database_url
+    try:
+        at = current(url)
+    except Exception as exc:  # no PostgreSQL in this graph, or a permission problem: say it, do not crash
+        yield Check("schema", "warn", f"could not read the revision: {str(exc).splitlines()[0][:200]}")
+        return
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if at == head:
+        yield Check("schema", "ok", f"at revision {at} (this version's)")
+    else:
+        yield Check("schema", "fail", f"at revision {at or 'none'}, this version ships {head}",
+                    "scaigrid db upgrade (scaigrid up does it too)")

@@ -69,3 +69,59 @@ def before_up(settings, stores, graph=None) -> None:
             prepare(absent, root=settings.models_dir)
         except Exception as exc:  # ExportExtraMissing says what to install
             raise GraphError([f"local models {', '.join(absent)} are not prepared and could not be: {exc}"]) from None
+
+
+def doctor(settings, graph, down):
+    """`scaigrid doctor`: the graph's local models built and intact, the execution provider onnxruntime will use,
+    and each upstream model's key present and base URL answering."""
+    import os
+
+    import httpx
+
+    from scaigrid.adapters.backends.manifest import model_dir_for, problems
+    from scaigrid.runtime.doctor import Check
+    from scaigrid.runtime.settings import redact_url
+
+    models = [m for fn in (graph.functions.values() if graph else ()) for m in fn.config.get("models", ())]
+    for model in (m for m in models if m.get("backend") in ("onnx", "transformers")):
+        path = model.get("path") or model_dir_for(model["id"], settings.models_dir)
+        if model.get("backend") == "transformers":
+            found = [] if os.path.exists(os.path.join(path, "config.json")) else [f"no config.json in {path}"]
+        else:
+            found = problems(path, full=False)
+        if not found:
+            yield Check(f"model {model['id']}", "ok", f"built in {path}")
+        elif model.get("backend") == "onnx" and not os.path.exists(os.path.join(path, "manifest.json")):
+            yield Check(f"model {model['id']}", "warn", f"not built yet ({path})",
+                        "scaigrid models prepare (scaigrid up does it on its first start; needs the export extra)")
+        else:
+            yield Check(f"model {model['id']}", "fail", "; ".join(found)[:300], "scaigrid models prepare --force")
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        gpu = "CUDAExecutionProvider" in providers
+        yield Check("execution", "ok", f"onnxruntime {onnxruntime.__version__}: "
+                    + ("CUDA (GPU) first, then CPU" if gpu else "CPU only (install the gpu extra on a CUDA host)"))
+    except ImportError:
+        if any(m.get("backend") == "onnx" for m in models):
+            yield Check("execution", "fail", "onnxruntime is not installed", "pip install 'scaigrid[cpu]' (or [gpu])")
+    for model in (m for m in models if m.get("backend") == "openai"):
+        upstream = model.get("upstream") or {}
+        name = f"upstream {model['id']}"
+        key_env = upstream.get("api_key_env")
+        if key_env and not os.environ.get(key_env):
+            yield Check(name, "fail", f"{key_env} is not set", f"export {key_env}=… where the inference function runs")
+            continue
+        base = str(upstream.get("base_url", "")).rstrip("/")
+        headers = {"Authorization": f"Bearer {os.environ[key_env]}"} if key_env else {}
+        try:
+            status = httpx.get(base + "/models", headers=headers, timeout=5).status_code
+        except httpx.HTTPError as exc:
+            yield Check(name, "fail", f"{redact_url(base)} did not answer ({type(exc).__name__})",
+                        "start it, or fix upstream.base_url in graph.yaml")
+            continue
+        if status in (401, 403):
+            yield Check(name, "fail", f"{redact_url(base)} refused the key (HTTP {status})", f"check {key_env}")
+        else:
+            yield Check(name, "ok", f"{redact_url(base)} answers (GET /models: HTTP {status})")
