@@ -27,13 +27,14 @@ from conftest import bootstrap_key, launch
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("SCAIGRID_FUZZ_EXAMPLES", "12"))
-OPENAI_EXAMPLES = EXAMPLES * 4  # four operations, each with many fields worth combining
+OPENAI_EXAMPLES = EXAMPLES * 4  # each body operation has many fields worth combining
 STATUS = {role: collections.Counter() for role in ("platform-admin", "tenant-admin", "openai")}
 STREAMED = collections.Counter()
 REFUSED = collections.Counter()  # /v1 400s by the param they name: a fuzz that only ever hits one is no fuzz
 CHAT, EMBED, LOCAL_EMBED = "fuzz-upstream-chat", "fuzz-upstream-embed", "all-minilm-l6-v2"
 # what positive cases name as `model`, per request body (negative ones name others: 404s, and 400s for a wrong kind)
-MODELS = {"ChatRequest": [CHAT], "CompletionRequest": [CHAT], "EmbeddingRequest": [EMBED, LOCAL_EMBED]}
+MODELS = {"ChatRequest": [CHAT], "CompletionRequest": [CHAT], "EmbeddingRequest": [EMBED, LOCAL_EMBED],
+          "ResponsesRequest": [CHAT]}
 
 
 class FakeUpstream(JsonHandler):

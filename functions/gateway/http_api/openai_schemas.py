@@ -167,3 +167,32 @@ class EmbeddingList(BaseModel):
     model: str
     data: list[Embedding]
     usage: Usage
+
+
+# --- the Responses API's answers (openai_responses.py; documented, not validated) ------------------------------
+class ResponseObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="resp_…: GET and DELETE /v1/responses/{id}, previous_response_id")
+    object: Literal["response"]
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete"]
+    model: str
+    output: list[dict[str, Any]] = Field(description="message and function_call items")
+    usage: dict[str, Any] | None = None
+
+
+class ResponseEvent(BaseModel):
+    """One event of a streamed response: its `type` (response.created, response.output_text.delta, ...,
+    response.completed) and its number; the rest as the Responses API defines for that type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    sequence_number: int
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from . import native_schemas as s
 from . import openai_schemas as o
+from .openai_responses_schemas import ResponsesRequest
 from .openapi import component_schemas, endpoints, error_responses, wrap
 
 BODY_ERRORS = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
@@ -38,7 +39,13 @@ OPERATIONS: dict[str, OpenAIOperation] = {
     "openai_models": OpenAIOperation("Models this key may use", "models", s.ModelList),
     "openai_model": OpenAIOperation("One model this key may use (404 `model_not_found` for any other)", "models",
                                     s.Model),
+    "responses": OpenAIOperation("Create a response (OpenAI's Responses API; kept unless `store: false`)",
+                                 "responses", o.ResponseObject, o.ResponseEvent),
+    "responses_get": OpenAIOperation("A stored response of this key's tenant", "responses", o.ResponseObject),
+    "responses_delete": OpenAIOperation("Delete a stored response", "responses", o.ResponseDeleted),
 }
+# the bodies each route's handler validates with, by route name
+DOCUMENTED_BODIES = {**o.BODIES, "responses": ResponsesRequest}
 
 
 def sse_event(chunk_ref: dict, error_ref: dict) -> dict[str, Any]:
@@ -53,16 +60,16 @@ def sse_event(chunk_ref: dict, error_ref: dict) -> dict[str, Any]:
 
 
 def _is_openai(name: str, route, path: str) -> bool:
-    return route.handler == "openai"
+    return route.handler in ("openai", "responses")  # Anthropic's /v1/messages is not OpenAI's: not here
 
 
 def openai_document(graph) -> dict[str, Any]:
     """Every `openai` route of the graph with its body, answers (JSON or SSE) and errors."""
-    models = [m for op in OPERATIONS.values() for m in (op.response, op.chunk) if m] + list(o.BODIES.values())
+    models = [m for op in OPERATIONS.values() for m in (op.response, op.chunk) if m] + list(DOCUMENTED_BODIES.values())
     refs, components = component_schemas(models)
     paths: dict[str, dict] = {}
     for name, method, oa_path, parameters, several in endpoints(graph, _is_openai):
-        op, body = OPERATIONS.get(name), o.BODIES.get(name)
+        op, body = OPERATIONS.get(name), DOCUMENTED_BODIES.get(name)
         item: dict[str, Any] = {
             "operationId": f"{name}_{method.lower()}" if several else name,
             "summary": op.summary if op else name.replace("_", " "),
