@@ -1,6 +1,7 @@
 """Property-based tests (schemathesis) over both published documents: /api/v1/openapi.json as a platform admin and
-as a tenant admin, /v1/openapi.json as a tenant's member key: no 5xx, no answer outside its documented schema or
-status codes (SSE events included). Bounded for CI (SCAIGRID_FUZZ_EXAMPLES).
+as a tenant admin, /v1/openapi.json as a tenant's member key, and /v1/messages (Anthropic's, from a document written
+here): no 5xx, no answer outside its documented schema or status codes (SSE events included). Bounded for CI
+(SCAIGRID_FUZZ_EXAMPLES).
 
 The graph is graph.yaml itself, its model registry extended by models behind an OpenAI-compatible upstream written
 here, which answers at once: generation stays fast whatever max_tokens the fuzzer asks for, and the gateway's own
@@ -24,11 +25,13 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance,
 
 from receivers import JsonHandler
 from conftest import bootstrap_key, launch
+from scaigrid.functions.gateway.http_api.anthropic_schemas import MessagesRequest
+from scaigrid.functions.gateway.http_api.openapi_v1 import sse_event
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("SCAIGRID_FUZZ_EXAMPLES", "12"))
 OPENAI_EXAMPLES = EXAMPLES * 4  # each body operation has many fields worth combining
-STATUS = {role: collections.Counter() for role in ("platform-admin", "tenant-admin", "openai")}
+STATUS = {role: collections.Counter() for role in ("platform-admin", "tenant-admin", "openai", "anthropic")}
 STREAMED = collections.Counter()
 REFUSED = collections.Counter()  # /v1 400s by the param they name: a fuzz that only ever hits one is no fuzz
 CHAT, EMBED, LOCAL_EMBED = "fuzz-upstream-chat", "fuzz-upstream-embed", "all-minilm-l6-v2"
@@ -195,10 +198,46 @@ def openai_schema(fuzz_target):
     return schemathesis.openapi.from_dict(raw, config=config)
 
 
+def messages_document(model: str) -> dict:
+    """An OpenAPI document for /v1/messages, written here (Anthropic's API is not in ScaiGrid's /v1 document): the
+    body is the model the handler validates with, the answers a Message, Anthropic's events, Anthropic's errors."""
+    body = MessagesRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = body.pop("$defs", {})
+    body["properties"]["model"] = {"enum": [model]}
+    body["required"] = [*body["required"], "stream"]  # half the cases stream
+    components["MessagesRequest"] = body
+    error = {"type": "object", "required": ["type", "error"], "properties": {
+        "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"]}}}
+    message = {"type": "object", "required": ["id", "type", "role", "content", "stop_reason", "usage"],
+               "properties": {"type": {"const": "message"}, "content": {"type": "array"},
+                              "usage": {"type": "object", "required": ["input_tokens", "output_tokens"]}}}
+    event = {"type": "object", "required": ["type"]}
+    components.update(AnthropicError=error, AnthropicMessage=message, MessageEvent=event)  # not "Message": the body's
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    errors = {code: {"description": "an error, Anthropic's shape", "content": {"application/json": {
+        "schema": ref("AnthropicError")}}} for code in ("400", "401", "403", "404", "413", "429", "502", "503", "504")}
+    return {"openapi": "3.1.0", "info": {"title": "/v1/messages", "version": "1"}, "components": {"schemas": components},
+            "paths": {"/v1/messages": {"post": {
+                "operationId": "messages",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("MessagesRequest")}}},
+                "responses": {"200": {"description": "OK", "content": {
+                    "application/json": {"schema": ref("AnthropicMessage")},
+                    "text/event-stream": {"schema": sse_event(ref("MessageEvent"), ref("AnthropicError"))}}},
+                    **errors}}}}}
+
+
+@pytest.fixture(scope="module")
+def messages_schema(fuzz_target):
+    config = schemathesis.Config.from_dict({"base-url": fuzz_target.base_url,
+                                            "headers": {"x-api-key": fuzz_target.roles["openai"][0]}})
+    return schemathesis.openapi.from_dict(messages_document(CHAT), config=config)
+
+
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 as_platform = schemathesis.pytest.from_fixture("platform_schema")
 as_tenant = schemathesis.pytest.from_fixture("tenant_schema")
 as_openai_caller = schemathesis.pytest.from_fixture("openai_schema")
+as_anthropic_caller = schemathesis.pytest.from_fixture("messages_schema")
 
 
 @as_platform.parametrize()
@@ -226,6 +265,16 @@ def test_openai_api(case):
         STREAMED[(response.headers.get("content-type") or [""])[0].split(";")[0]] += 1
     elif response.status_code == 400:
         REFUSED[str(response.json()["error"]["param"]).split(".")[0]] += 1
+    case.validate_response(response, checks=CHECKS)
+
+
+@as_anthropic_caller.parametrize()
+@settings(max_examples=OPENAI_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_anthropic_messages_api(case):
+    response = case.call(timeout=60)
+    STATUS["anthropic"][response.status_code // 100 * 100] += 1
+    if response.status_code == 400:
+        REFUSED["anthropic:" + response.json()["error"]["message"].split(":")[0]] += 1
     case.validate_response(response, checks=CHECKS)
 
 

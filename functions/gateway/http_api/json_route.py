@@ -23,6 +23,9 @@ def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
+UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
 def validated(model: type[BaseModel], body: Any, say=lambda param, msg: f"'{param}': {msg}") -> BaseModel:
     """`body` as `model`, or a 400 naming the first field at fault (`say(field, pydantic's message)` words it in
     the API's way)."""
@@ -32,7 +35,8 @@ def validated(model: type[BaseModel], body: Any, say=lambda param, msg: f"'{para
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
+        # a union's member shows in the location ('content.str', 'input.list[...]'): the field is what a client fixes
+        param = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and (p in UNION_MEMBERS or "[" in p)))
         code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
         raise BadRequest(say(param, first["msg"]), code=code, param=param or None) from None
 
