@@ -159,3 +159,24 @@ def test_guardrails_apply_to_responses_in_and_out_and_the_stored_one_is_what_the
     streamed = events[-1].response
     for response in (plain, streamed, stack.openai.responses.retrieve(streamed.id)):
         assert word not in response.output_text and "[removed]" in response.output_text, response.output_text
+
+
+@pytest.mark.parametrize("path, body, text_mark", [
+    ("/v1/responses", {"input": "Write a long story.", "max_output_tokens": 400}, "response.output_text.delta"),
+    ("/v1/messages", {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 400},
+     "text_delta"),
+])
+def test_a_client_that_leaves_stops_the_generation_and_is_billed_for_what_was_made(stack, path, body, text_mark):
+    with httpx.stream("POST", stack.base_url + path, timeout=120, headers={"x-api-key": stack.key["key"]},
+                      json={"model": LOCAL, "temperature": 0, "stream": True, **body}) as r:
+        rid, got = r.headers["x-request-id"], 0
+        for line in r.iter_lines():
+            got += line.startswith("data:") and text_mark in line
+            if got == 5:
+                break
+    row = ledger_row(stack, rid, timeout=30)
+    assert row is not None, "the stopped stream's usage never reached the ledger"
+    assert 5 <= row[3] <= 15  # stopped within a few tokens, and billed for them, not for 400 nor for 0
+    if path == "/v1/responses":  # it never finished: nothing was kept under its id
+        with pytest.raises(openai.NotFoundError):
+            stack.openai.responses.retrieve("resp_" + rid.removeprefix("req_"))
