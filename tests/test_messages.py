@@ -154,3 +154,18 @@ def test_the_langchain_examples_of_docs_api_md(stack):
     vector = OpenAIEmbeddings(base_url=stack.base_url + "/v1", api_key=key, model="all-minilm-l6-v2",
                               check_embedding_ctx_length=False).embed_query("hello")
     assert len(vector) == 384
+
+
+def test_count_tokens_is_the_prompt_a_message_is_billed_for_and_writes_nothing(stack):
+    asked = {"system": "Be brief.", "messages": ASK}
+    counted = stack.client.messages.count_tokens(model=LOCAL, **asked)
+    message = stack.client.messages.create(model=LOCAL, max_tokens=2, **asked)
+    assert counted.input_tokens == message.usage.input_tokens > 0  # exact: the model's template and tokenizer
+    assert stack.client.messages.count_tokens(model=UPSTREAM, **asked).input_tokens > 0  # estimated
+    url = stack.base_url + "/v1/messages/count_tokens"
+    r = httpx.post(url, json={"model": LOCAL, **asked, "stream": True}, headers={"x-api-key": stack.key["key"]})
+    assert r.status_code == 200 and r.json() == {"input_tokens": counted.input_tokens}  # one answer, never a stream
+    assert ledger_row(stack, r.headers["x-request-id"], timeout=2) is None  # free: no ledger row
+    assert httpx.post(url, json={"model": LOCAL, **asked}).status_code == 401
+    r = httpx.post(url, json={"model": LOCAL, "messages": []}, headers={"x-api-key": stack.key["key"]})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"

@@ -11,6 +11,7 @@ import json
 import time
 
 import numpy as np
+from eventlet import tpool
 from nameko.rpc import rpc
 
 from scaigrid.adapters.local_models import LOCAL_BACKENDS, LocalModelProvider
@@ -161,6 +162,23 @@ class Inference:
         envelope["usage"] = usage_of({"usage": usage}) if usage else estimated_usage(body, pieces)
         genai.done(envelope["usage"], spec["id"], first_s=clock.first_s)
         return writer.finish()
+
+    @rpc
+    def count_tokens(self, envelope: dict) -> dict:
+        """POST /v1/messages/count_tokens: the prompt tokens a chat request would be billed for, nothing generated.
+        Exact for a local model (its own template and tokenizer); for an upstream ScaiGrid's estimate (~4 bytes a
+        token, the tools included), since OpenAI-compatible servers have no counting endpoint to ask."""
+        spec = self._spec(envelope["request"].get("model"), "chat")
+        if self._handed_on(spec):
+            return self.replicas.call("count_tokens", envelope, request_id=envelope["id"])
+        body = envelope["request"]["body"]
+        if spec.get("backend") in LOCAL_BACKENDS:
+            model = self.local.load(spec["id"])
+            count = tpool.execute(model.count_tokens, body["messages"])
+        else:
+            count = estimated_usage(body, 0)["prompt_tokens"]
+        envelope["response"] = {"input_tokens": count}
+        return envelope
 
     @rpc
     def embeddings(self, envelope: dict) -> dict:

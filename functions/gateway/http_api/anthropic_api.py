@@ -17,7 +17,7 @@ from scaigrid.runtime.errors import StepError
 
 from ...shared.chunks import added_fields, choices
 from ...shared.params import params_of
-from .anthropic_schemas import MessagesRequest, chat_body
+from .anthropic_schemas import CountTokensRequest, MessagesRequest, chat_body
 from .json_route import JsonRoute, answer_of, validated
 from .responses import error_response, json_response
 
@@ -25,6 +25,7 @@ from .responses import error_response, json_response
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+COUNTING_ROUTES = frozenset({"messages_count_tokens"})  # graph.yaml's route for POST /v1/messages/count_tokens
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
 
@@ -82,15 +83,17 @@ class AnthropicRoute(JsonRoute):
 
     def parse(self, request: Request, route: str, path_values: dict[str, Any]) -> dict[str, Any]:
         parsed = self.read(request, path_values)
-        sent = parsed["body"]
-        asked = validated(MessagesRequest, sent, _say)
+        sent, counting = parsed["body"], route in COUNTING_ROUTES
+        asked = validated(CountTokensRequest if counting else MessagesRequest, sent, _say)
         parsed["body"] = body = chat_body(asked, sent)
-        parsed["params"] = params_of(body)
-        parsed["anthropic"] = {"stop_sequences": asked.stop_sequences}
+        parsed["params"] = {**params_of(body), **({"stream": False} if counting else {})}  # a count is one answer
+        parsed["anthropic"] = {"stop_sequences": asked.stop_sequences, "counting": counting}
         return parsed
 
     def render(self, envelope: dict, headers: dict) -> Response:
         answer = answer_of(envelope)
+        if envelope["request"]["anthropic"]["counting"]:  # {"input_tokens": n}, as the step answered
+            return json_response(answer, 200, headers)
         choice = (answer.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         reason, sequence = stop_of(choice, envelope["request"]["anthropic"]["stop_sequences"])

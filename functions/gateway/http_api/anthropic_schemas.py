@@ -119,6 +119,12 @@ class MessagesRequest(BaseModel):
         return self
 
 
+class CountTokensRequest(MessagesRequest):
+    """POST /v1/messages/count_tokens: a Messages body without max_tokens (nothing is generated)."""
+
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+
+
 def _text(content: str | list) -> str:
     return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, Block))
 
@@ -158,8 +164,9 @@ def chat_body(request: MessagesRequest, sent: dict[str, Any]) -> dict[str, Any]:
     """The chat completions body that asks for what `request` (validated from `sent`) asks."""
     messages = [{"role": "system", "content": _text(request.system)}] if request.system else []
     messages += [chat for m in request.messages for chat in _chat_messages(m)]
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens,
-                            **_tools(request)}
+    body: dict[str, Any] = {"model": request.model, "messages": messages, **_tools(request)}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
     for name in ("temperature", "top_p", "top_k"):
         if getattr(request, name) is not None:
             body[name] = getattr(request, name)
