@@ -2,8 +2,10 @@
 
 The body is validated as Anthropic's (anthropic_schemas.py) and handed to the steps as the chat completions body
 that asks the same; the answer (a chat completion, or its chunks) goes back as a Message, or as Anthropic's typed
-events: message_start, content_block_start, content_block_delta (text_delta), content_block_stop, message_delta
-(stop_reason, exact usage), message_stop. Errors, the 401 included, are in Anthropic's shape
+events: message_start, then per content block (the text; a tool_use block per tool call) content_block_start,
+content_block_delta (text_delta or input_json_delta) and content_block_stop, then message_delta (stop_reason,
+exact usage) and message_stop. POST /v1/messages/count_tokens (COUNTING_ROUTES) takes the same body without
+max_tokens and answers the step's {"input_tokens": n}. Errors, the 401 included, are in Anthropic's shape
 ({"type": "error", "error": {"type", "message"}}) with the `request-id` header its SDK reads.
 """
 from __future__ import annotations
