@@ -95,6 +95,15 @@ def test_previous_response_id_continues_the_conversation_of_the_tenant_only(stac
     assert stack.openai.responses.retrieve(first.id).id == first.id  # the stranger's delete did nothing
 
 
+def test_a_nul_in_the_input_is_stored_and_given_back_exactly(stack):
+    """PostgreSQL's text cannot hold U+0000: the fuzz test's one 500, when stored responses were JSONB."""
+    response = stack.openai.responses.create(model=LOCAL, input="a\u0000b", max_output_tokens=2)
+    follow = stack.openai.responses.create(model=LOCAL, input="and?", max_output_tokens=2,
+                                           previous_response_id=response.id)
+    assert stack.openai.responses.retrieve(response.id).output_text == response.output_text
+    assert follow.usage.input_tokens > response.usage.input_tokens
+
+
 def test_store_false_and_delete(stack):
     unstored = stack.openai.responses.create(model=LOCAL, input="Hi", max_output_tokens=4, store=False)
     assert unstored.store is False

@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, func
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, LargeBinary, String, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -142,6 +142,8 @@ class StoredResponse(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
     key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     model: Mapped[str] = mapped_column(String(256))
-    conversation: Mapped[list] = mapped_column(JSONB)  # chat messages: the history, then this request's input
-    response: Mapped[dict] = mapped_column(JSONB)
+    # JSON as UTF-8 bytes, not JSONB: a prompt or an answer may hold U+0000, which PostgreSQL's text and JSONB
+    # cannot (the fuzz test's one 500); nothing queries inside them
+    conversation: Mapped[bytes] = mapped_column(LargeBinary)  # chat messages: the history, then this input
+    response: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -5,6 +5,7 @@ expired rows, so the table stays the size of a month of use without a scheduler.
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,6 +17,10 @@ from .models import StoredResponse
 
 RETENTION_DAYS = 30
 PURGE_EVERY, PURGE_BATCH = 100, 1000
+
+
+def _packed(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ResponseRepository:
@@ -32,7 +37,7 @@ class ResponseRepository:
         with self.sessions.begin() as s:
             s.add(StoredResponse(id=response_id, tenant_id=uuid.UUID(tenant_id),
                                  key_id=uuid.UUID(key_id) if key_id else None, model=model,
-                                 conversation=conversation, response=response))
+                                 conversation=_packed(conversation), response=_packed(response)))
         if next(self._writes) % PURGE_EVERY == 0:
             self.purge()
 
@@ -51,7 +56,7 @@ class ResponseRepository:
         """(the conversation it answered, the response object), or None."""
         with self.sessions() as s:
             row = self._row(s, response_id, tenant_id)
-            return (row.conversation, row.response) if row else None
+            return (json.loads(row.conversation), json.loads(row.response)) if row else None
 
     def response(self, response_id: str, tenant_id: str) -> dict | None:
         found = self.conversation(response_id, tenant_id)

@@ -28,6 +28,9 @@ def test_a_response_is_its_tenants_and_expires(pg_url, make_tenant):
     rid = _id()
     store.keep(rid, mine["id"], None, "m", [{"role": "user", "content": "hi"}], {"id": rid, "output": []})
     assert store.conversation(rid, mine["id"]) == ([{"role": "user", "content": "hi"}], {"id": rid, "output": []})
+    typed = _id()  # U+0000 and a non-BMP character, as a client may type them: kept exactly
+    store.keep(typed, mine["id"], None, "m", [{"role": "user", "content": "a\u0000b 🌊"}], {"id": typed})
+    assert store.conversation(typed, mine["id"])[0] == [{"role": "user", "content": "a\u0000b 🌊"}]
     assert store.response(rid, other["id"]) is None and not store.delete(rid, other["id"])
     _age(pg_url, rid, 29)
     assert store.response(rid, mine["id"]) is not None

@@ -6,7 +6,6 @@ Create Date: 2026-12-03 14:00:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = '0007'
 down_revision = '0006'
@@ -20,8 +19,8 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.UUID(), nullable=False),
     sa.Column('key_id', sa.UUID(), nullable=True),
     sa.Column('model', sa.String(length=256), nullable=False),
-    sa.Column('conversation', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('response', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+    sa.Column('conversation', sa.LargeBinary(), nullable=False),
+    sa.Column('response', sa.LargeBinary(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ),
     sa.PrimaryKeyConstraint('id')
