@@ -34,7 +34,12 @@ class RepositoryProvider(DependencyProvider):
     def setup(self):
         fn_config = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
         self.repository = self.repository_class(sessions_for(self.container.config["DATABASE_URL"],
-                                                             fn_config.get("db_pool", 10)))
+                                                             fn_config.get("db_pool", 10)),
+                                                **self.repository_options(fn_config))
+
+    def repository_options(self, fn_config: dict) -> dict:
+        """More keyword arguments for the repository, from the function's config (none by default)."""
+        return {}
 
     def get_dependency(self, worker_ctx):
         return self.repository

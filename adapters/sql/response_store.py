@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from .engine import RepositoryProvider, sessions_for
+from .engine import RepositoryProvider
 from .models import StoredResponse
 
 RETENTION_DAYS = 30
@@ -70,8 +70,7 @@ class ResponseRepository:
 
 
 class ResponseStore(RepositoryProvider):
-    def setup(self):
-        options = self.container.config.get("SCAIGRID_FUNCTION_CONFIG", {})
-        self.repository = ResponseRepository(sessions_for(self.container.config["DATABASE_URL"],
-                                                          options.get("db_pool", 10)),
-                                             float(options.get("response_retention_days", RETENTION_DAYS)))
+    repository_class = ResponseRepository
+
+    def repository_options(self, fn_config: dict) -> dict:
+        return {"retention_days": float(fn_config.get("response_retention_days", RETENTION_DAYS))}

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .openai_schemas import RagRequest
+from .openai_schemas import RagRequest, chat_options
 
 
 class Block(BaseModel):
@@ -164,18 +164,10 @@ def chat_body(request: MessagesRequest, sent: dict[str, Any]) -> dict[str, Any]:
     """The chat completions body that asks for what `request` (validated from `sent`) asks."""
     messages = [{"role": "system", "content": _text(request.system)}] if request.system else []
     messages += [chat for m in request.messages for chat in _chat_messages(m)]
-    body: dict[str, Any] = {"model": request.model, "messages": messages, **_tools(request)}
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    for name in ("temperature", "top_p", "top_k"):
-        if getattr(request, name) is not None:
-            body[name] = getattr(request, name)
+    body: dict[str, Any] = {"model": request.model, "messages": messages, **_tools(request),
+                            **chat_options(request, sent, ("max_tokens", "temperature", "top_p", "top_k"))}
     if request.stop_sequences:
         body["stop"] = list(request.stop_sequences)
     if request.metadata and request.metadata.user_id:
         body["user"] = request.metadata.user_id
-    if request.stream:
-        body["stream"], body["stream_options"] = True, {"include_usage": True}
-    if request.rag is not None:
-        body["rag"] = sent["rag"]  # as sent, as the chat route passes it
     return body

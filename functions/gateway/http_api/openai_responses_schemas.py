@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from .openai_schemas import RagRequest
+from .openai_schemas import RagRequest, chat_options
 
 
 class Part(BaseModel):
@@ -169,16 +169,10 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
 def chat_body(request: ResponsesRequest, sent: dict[str, Any]) -> dict[str, Any]:
     """The chat completions body for this request alone (responses.recall puts the history in front)."""
     system = [{"role": "system", "content": request.instructions}] if request.instructions is not None else []
-    body: dict[str, Any] = {"model": request.model, "messages": system + input_messages(request), **_tools(request)}
+    body: dict[str, Any] = {"model": request.model, "messages": system + input_messages(request), **_tools(request),
+                            **chat_options(request, sent, ("temperature", "top_p", "user"))}
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
-    for name in ("temperature", "top_p", "user"):
-        if getattr(request, name) is not None:
-            body[name] = getattr(request, name)
-    if request.stream:
-        body["stream"], body["stream_options"] = True, {"include_usage": True}
-    if request.rag is not None:
-        body["rag"] = sent["rag"]  # as sent, as the chat route passes it
     return body
 
 

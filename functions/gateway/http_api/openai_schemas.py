@@ -96,6 +96,18 @@ class EmbeddingRequest(OpenAIBody):
 BODIES = {"chat": ChatRequest, "completions": CompletionRequest, "embeddings": EmbeddingRequest}
 
 
+def chat_options(request: BaseModel, sent: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """What another API's body (Anthropic's, the Responses API's) carries into the chat body it is translated to,
+    beside its messages: `fields` that are set, `stream` with the usage chunk asked for (the answer's exact
+    counts), ScaiGrid's `rag` as sent (as the chat route passes it)."""
+    options = {name: getattr(request, name) for name in fields if getattr(request, name) is not None}
+    if getattr(request, "stream", False):
+        options["stream"], options["stream_options"] = True, {"include_usage": True}
+    if getattr(request, "rag", None) is not None:
+        options["rag"] = sent["rag"]
+    return options
+
+
 # --- answers (documented, not validated: an upstream's extra fields pass through) ------------------------------
 class Usage(BaseModel):
     prompt_tokens: int
