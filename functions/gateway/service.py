@@ -27,7 +27,7 @@ from .http_api.body import read_body
 from .http_api.disconnect import watch_disconnect
 from .http_api.json_route import answer_of
 from .http_api.docs_page import docs_asset, docs_page
-from .http_api.responses import error_response, json_response
+from .http_api.responses import json_response
 from .http_api.server_span import close_span, name_route, open_span
 
 _log = logging.getLogger("scaigrid.gateway")
@@ -69,6 +69,7 @@ def server_timing(timings: dict[str, float]) -> str:
 
 
 MODEL_FUNCTION = "inference"
+DEFAULT_HANDLER = HANDLERS["json"]  # errors before a route is known (no such path): OpenAI's shape
 
 
 def overhead_ms(started: float, timings: dict[str, float]) -> str:
@@ -182,11 +183,10 @@ class Gateway:
         except StepError as exc:
             # steps may set answer headers even when the route fails (x-ratelimit-* on a 429)
             headers.update((getattr(exc, "envelope", None) or {}).get("context", {}).get("headers", {}))
-            response = handler.render_error(exc, headers) if handler else error_response(exc, headers)
+            response = (handler or DEFAULT_HANDLER).render_error(exc, headers)
         except Exception as exc:  # a bug must still answer in the API's format, with the id to find it by
             log(_log, logging.ERROR, "unhandled error in the gateway", error=repr(exc)[:500], exc_info=True)
-            failure = as_step_error(exc)
-            response = handler.render_error(failure, headers) if handler else error_response(failure, headers)
+            response = (handler or DEFAULT_HANDLER).render_error(as_step_error(exc), headers)
         if watcher is not None:  # the route failed: the error is the answer, nothing is left to cancel
             watcher.kill()
         status = response.status_code
